@@ -1,0 +1,5 @@
+import sys
+
+from relay._cli import main
+
+sys.exit(main())

@@ -1,0 +1,318 @@
+"""A small trio client that speaks relay's protocol: the HTTP API and the WebSocket transport.
+
+Used by the tests and benchmarks, and usable by embedders (a bot that joins a session, a load
+generator, a server-side master)::
+
+    client = relay.Client("127.0.0.1", 8700)
+    created = await client.create_session()
+    master = await client.connect(created["session"], created["master_token"])
+    await master.send("snapshot", msgpack.packb(b"<html>...</html>"))
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import NamedTuple, Optional
+from urllib.parse import urlencode
+
+import h11
+import msgpack
+import trio
+
+from relay._accel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    FrameDecoder,
+    build_envelope,
+    close_payload,
+    encode_client_frame,
+    parse_close_payload,
+    peek_envelope,
+)
+from relay._errors import RelayError
+from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
+
+__all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError"]
+
+RECV_BYTES = 256 * 1024
+CONNECT_TIMEOUT_S = 10.0
+
+
+class Envelope(NamedTuple):
+    """One received message.  ``body`` is a read-only view of the packed msgpack body; it stays
+    valid as long as you keep it (it owns the received payload)."""
+
+    kind: str
+    seq: int
+    body: memoryview
+
+    def decode(self):
+        """The body, unpacked (the relay itself never does this for DOM traffic)."""
+        return msgpack.unpackb(self.body, raw=False)
+
+
+class ConnectionClosed(RelayError):
+    """The WebSocket is closed; ``code`` and ``reason`` are what the relay sent (1006: none)."""
+
+    def __init__(self, code: Optional[int], reason: str) -> None:
+        super().__init__(f"connection closed: {code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class HTTPStatusError(RelayError):
+    """The relay answered an API call with an error status."""
+
+    def __init__(self, status: int, body: dict, headers: list) -> None:
+        super().__init__(f"HTTP {status}: {body.get('error')}: {body.get('message')}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+async def _connect(host: str, port: int) -> socket.socket:
+    infos = await trio.to_thread.run_sync(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    family, type_, proto, _canon, address = infos[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setblocking(False)
+    try:
+        try:
+            sock.connect(address)
+        except BlockingIOError:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, f"cannot connect to {host}:{port}")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Client:
+    """The HTTP API of one relay node.  ``origin`` is sent as the Origin header when given."""
+
+    def __init__(self, host: str, port: int, *, origin: Optional[str] = None, cookie: Optional[str] = None) -> None:
+        self.host = host
+        self.port = port
+        self.origin = origin
+        self.cookie = cookie
+        self.last_headers: list = []
+
+    def _headers(self, extra=()) -> list:
+        headers = [("host", f"{self.host}:{self.port}")]
+        if self.origin is not None:
+            headers.append(("origin", self.origin))
+        if self.cookie is not None:
+            headers.append(("cookie", self.cookie))
+        headers.extend(extra)
+        return headers
+
+    async def request(self, method: str, target: str, body: bytes = b"", headers=()) -> tuple:
+        """One HTTP request on a fresh connection: (status, headers, body)."""
+        sock = await _connect(self.host, self.port)
+        yielder = Yielder()
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            all_headers = self._headers(headers) + [("content-length", str(len(body))), ("connection", "close")]
+            data = conn.send(h11.Request(method=method, target=target, headers=all_headers))
+            data += conn.send(h11.Data(data=body)) if body else b""
+            data += conn.send(h11.EndOfMessage())
+            await send_all(sock, data, yielder)
+            response = None
+            chunks = []
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await recv(sock, RECV_BYTES, yielder))
+                    continue
+                if isinstance(event, h11.Response):
+                    response = event
+                elif isinstance(event, h11.Data):
+                    chunks.append(event.data)
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+            headers_out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+            self.last_headers = headers_out
+            return response.status_code, headers_out, b"".join(chunks)
+        finally:
+            close_socket(sock)
+
+    async def _json(self, method: str, target: str, payload=None, expect=(200, 201, 204)) -> dict:
+        body = json.dumps(payload).encode() if payload is not None else b""
+        status, headers, data = await self.request(method, target, body, [("content-type", "application/json")])
+        parsed = json.loads(data) if data else {}
+        if status not in expect:
+            raise HTTPStatusError(status, parsed if isinstance(parsed, dict) else {}, headers)
+        return parsed
+
+    async def create_session(self, *, chat: bool = False) -> dict:
+        return await self._json("POST", "/cobrowse/sessions", {"chat": True} if chat else {})
+
+    async def join(self, session_id: str, *, agent: Optional[str] = None, join_token: Optional[str] = None) -> dict:
+        payload = {}
+        if agent is not None:
+            payload["agent"] = agent
+        if join_token is not None:
+            payload["join_token"] = join_token
+        return await self._json("POST", f"/cobrowse/sessions/{session_id}/join", payload)
+
+    async def end_session(self, session_id: str, master_token: str) -> None:
+        await self._json("DELETE", f"/cobrowse/sessions/{session_id}?{urlencode({'token': master_token})}")
+
+    async def connect(self, session_id: str, token: str, *, after: Optional[int] = None, epoch: Optional[int] = None,
+                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> "ClientConnection":
+        """Open the session's WebSocket with a role token (``after`` resumes after that seq)."""
+        query = {"token": token}
+        if after is not None:
+            query["after"] = str(after)
+        if epoch is not None:
+            query["epoch"] = str(epoch)
+        return await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
+                                           headers=self._headers(), max_message_bytes=max_message_bytes)
+
+
+class ClientConnection:
+    """A client WebSocket to the relay: masked frames out, envelopes in, pings answered."""
+
+    def __init__(self, sock: socket.socket, leftover: bytes, max_message_bytes: int) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(max_message_bytes, client_side=True)
+        self.yielder = Yielder()
+        self.pending: list = []
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self.closed = False
+        self._send_lock = trio.Lock()
+        if leftover:
+            self.decoder.feed(leftover)
+
+    @classmethod
+    async def open(cls, host: str, port: int, target: str, *, headers=(),
+                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> "ClientConnection":
+        import base64
+        import os
+
+        sock = await _connect(host, port)
+        yielder = Yielder()
+        try:
+            key = base64.b64encode(os.urandom(16))
+            conn = h11.Connection(h11.CLIENT)
+            request_headers = list(headers) + [
+                ("upgrade", "websocket"), ("connection", "Upgrade"),
+                ("sec-websocket-key", key), ("sec-websocket-version", "13"),
+            ]
+            await send_all(sock, conn.send(h11.Request(method="GET", target=target, headers=request_headers)), yielder)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await recv(sock, RECV_BYTES, yielder))
+                    continue
+                break
+            if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                leftover, _closed = conn.trailing_data
+                return cls(sock, bytes(leftover), max_message_bytes)
+            body = b""
+            if isinstance(event, h11.Response):
+                while True:
+                    more = conn.next_event()
+                    if more is h11.NEED_DATA:
+                        conn.receive_data(await recv(sock, RECV_BYTES, yielder))
+                        continue
+                    if isinstance(more, h11.Data):
+                        body += more.data
+                        continue
+                    break
+                try:
+                    parsed = json.loads(body) if body else {}
+                except ValueError:
+                    parsed = {}
+                raise HTTPStatusError(event.status_code, parsed, [(k.decode(), v.decode()) for k, v in event.headers])
+            raise ConnectionClosed(None, "no handshake response")
+        except BaseException:
+            close_socket(sock)
+            raise
+
+    async def send_raw(self, data) -> None:
+        """Send bytes as they are (tests use this to send malformed frames)."""
+        async with self._send_lock:
+            await send_buffers(self.sock, [data], self.yielder)
+
+    async def send(self, kind: str, body: bytes, *, seq: int = 0) -> None:
+        """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``)."""
+        await self.send_raw(encode_client_frame(OP_BINARY, build_envelope(kind, seq, body)))
+
+    async def send_obj(self, kind: str, obj) -> None:
+        await self.send(kind, msgpack.packb(obj, use_bin_type=True))
+
+    async def receive_frame(self) -> tuple:
+        """The next data message as (opcode, payload); answers pings on the way."""
+        while True:
+            while self.pending:
+                opcode, payload = self.pending.pop(0)
+                if opcode == OP_PING:
+                    await self.send_raw(encode_client_frame(OP_PONG, payload))
+                elif opcode == OP_CLOSE:
+                    code, reason = parse_close_payload(payload)
+                    self.close_code, self.close_reason = code, reason
+                    if not self.closed:
+                        self.closed = True
+                        try:
+                            await self.send_raw(encode_client_frame(OP_CLOSE, payload[:2]))
+                        except Broken:
+                            pass
+                    raise ConnectionClosed(code, reason)
+                elif opcode == OP_PONG:
+                    continue
+                else:
+                    return opcode, payload
+            if self.close_code is not None or self.closed:
+                raise ConnectionClosed(self.close_code if self.close_code is not None else 1006, self.close_reason)
+            try:
+                data = await recv(self.sock, RECV_BYTES, self.yielder)
+            except Broken:
+                data = b""
+            if not data:
+                self.closed = True
+                self.close_code = self.close_code if self.close_code is not None else 1006
+                raise ConnectionClosed(self.close_code, "connection lost")
+            self.decoder.feed(data)
+            while True:
+                event = self.decoder.next_event()
+                if event is None:
+                    break
+                self.pending.append(event)
+
+    async def receive(self) -> Envelope:
+        """The next envelope from the relay."""
+        _opcode, payload = await self.receive_frame()
+        kind, seq, offset = peek_envelope(payload)
+        return Envelope(kind, seq, memoryview(payload)[offset:])
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame, wait briefly for the relay's, and drop the connection."""
+        try:
+            if not self.closed:
+                self.closed = True
+                await self.send_raw(encode_client_frame(OP_CLOSE, close_payload(code, reason)))
+                with trio.move_on_after(2):
+                    while True:
+                        data = await recv(self.sock, RECV_BYTES, self.yielder)
+                        if not data:
+                            break
+        except Broken:
+            pass
+        finally:
+            close_socket(self.sock)
+
+    async def __aenter__(self) -> "ClientConnection":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,59 @@
+"""Where a client's envelopes enter a session, whatever the transport.
+
+The WebSocket handler and the long-poll POST both call :func:`deliver_envelope`, so the two
+transports share one set of rules (SPEC 3: "same semantics as the WebSocket").
+"""
+
+from __future__ import annotations
+
+import trio
+
+from relay._accel import OP_TEXT, peek_envelope
+from relay._session import CLOSE_UNSUPPORTED_DATA, Peer, Role, Session
+
+__all__ = ["deliver_envelope", "SessionSocketHandler"]
+
+
+def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
+    """Route one envelope from ``peer``.  Raises EnvelopeError if it is malformed.
+
+    Refusals that leave the connection usable (a kind the role may not send) are answered with an
+    ``error`` envelope queued for the sender.
+    """
+    kind, _seq, body_offset = peek_envelope(payload)
+    body = memoryview(payload)[body_offset:]
+    if peer.role is Role.MASTER:
+        error = session.from_master(peer, kind, body, now)
+    else:
+        error = session.from_slave(peer, kind, body, now)
+    if error is not None:
+        peer.push(error)
+
+
+class SessionSocketHandler:
+    """The WebSocket MessageHandler of a session peer."""
+
+    def __init__(self, session: Session, peer: Peer, connection_ref: list, metrics) -> None:
+        self.session = session
+        self.peer = peer
+        self.connection_ref = connection_ref  # [WebSocketConnection], set once it exists
+        self.metrics = metrics
+
+    def on_message(self, opcode: int, payload: bytes) -> None:
+        connection = self.connection_ref[0]
+        if opcode == OP_TEXT:
+            connection.request_close(CLOSE_UNSUPPORTED_DATA, "text messages are not supported: send binary envelopes",
+                                     discard_queued=True)
+            return
+        self.metrics.message_in(self.peer.role.value, len(payload))
+        try:
+            deliver_envelope(self.session, self.peer, payload, trio.current_time())
+        except Exception as exc:  # EnvelopeError and nothing else is expected
+            code = getattr(exc, "close_code", 1011)
+            if code == 1011:
+                raise
+            self.metrics.envelope_error()
+            connection.request_close(code, str(exc), discard_queued=True)
+
+    def on_close(self) -> None:
+        self.session.detach(self.peer, trio.current_time())

@@ -1,0 +1,71 @@
+"""Exception types shared by both twins of the fast path and by the protocol layers.
+
+Both ``relay._fastpath`` (Cython) and ``relay._purepath`` (pure Python) raise exactly these
+classes, so callers never need to know which implementation is active.
+
+Like h11 and wsproto, a protocol error says whose fault it is:
+
+* :class:`RemoteProtocolError`: the peer sent something invalid. ``close_code`` is the WebSocket
+  close code to send back and ``http_status`` the HTTP status for the same fault on the HTTP side.
+* :class:`LocalProtocolError`: our own code asked for something invalid (a bug or a bad argument).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RelayError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "EnvelopeError",
+    "CookieError",
+]
+
+
+class RelayError(Exception):
+    """Base class of every error that relay raises on purpose."""
+
+
+class ProtocolError(RelayError):
+    """A protocol rule was broken.
+
+    ``close_code`` is the RFC 6455 close code that fits the fault; ``http_status`` the HTTP status.
+    """
+
+    def __init__(self, message: str, *, close_code: int = 1002, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.close_code = close_code
+        self.http_status = http_status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, close_code={self.close_code})"
+
+    def __reduce__(self):  # keep the codes when pickled (hypothesis, multiprocessing)
+        return (_rebuild, (type(self), self.message, self.close_code, self.http_status))
+
+
+def _rebuild(cls, message, close_code, http_status):
+    return cls(message, close_code=close_code, http_status=http_status)
+
+
+class LocalProtocolError(ProtocolError):
+    """We (the caller of the API) tried to do something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol; send ``close_code`` (WebSocket) or ``http_status`` (HTTP)."""
+
+
+class EnvelopeError(RemoteProtocolError):
+    """A message is not a well-formed ``[kind, seq, body]`` msgpack envelope.
+
+    Sent as close code 1007 (data inconsistent with the message type) or HTTP 400.
+    """
+
+    def __init__(self, message: str, *, close_code: int = 1007, http_status: int = 400) -> None:
+        super().__init__(message, close_code=close_code, http_status=http_status)
+
+
+class CookieError(RelayError, ValueError):
+    """A cookie name, value or attribute cannot be put in a header safely."""

@@ -1,0 +1,162 @@
+"""HTTP/1.1 on one socket with h11: requests in, responses out, and the switch to WebSocket.
+
+h11 does the parsing (it bounds the request head to ``max_header_bytes`` and tells 431 from 400);
+this module adds the timeouts, the body limit and JSON error responses
+(``{"error": CODE, "message": TEXT}``, SPEC 3).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Iterable, Optional
+
+import h11
+import trio
+
+from relay._netio import Broken, Yielder, recv, send_all
+
+__all__ = ["HTTPConnection", "HTTPError", "json_body"]
+
+RECV_BYTES = 64 * 1024
+SERVER_HEADER = b"relay"
+
+
+class HTTPError(Exception):
+    """An HTTP error response to send: status, machine-readable code, human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Iterable = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = list(headers)
+
+
+def json_body(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class HTTPConnection:
+    def __init__(self, sock: socket.socket, *, max_header_bytes: int) -> None:
+        self.sock = sock
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.yielder = Yielder()
+        self.request: Optional[h11.Request] = None
+
+    async def _receive_event(self):
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await recv(self.sock, RECV_BYTES, self.yielder)
+            self.conn.receive_data(data)
+
+    async def next_request(self, timeout_s: float) -> Optional[h11.Request]:
+        """The next request head, or None when the client is gone or broke the protocol.
+
+        Protocol errors are answered here (400, or 431 for an oversized head); a client that does
+        not finish its head within ``timeout_s`` gets 408 and the connection is closed.
+        """
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            try:
+                self.conn.start_next_cycle()
+            except h11.ProtocolError:
+                return None
+        elif self.conn.our_state is not h11.IDLE:
+            return None
+        try:
+            with trio.fail_after(timeout_s):
+                event = await self._receive_event()
+        except trio.TooSlowError:
+            await self.try_error(408, "timeout", "request head not received in time")
+            return None
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            code = "header-too-large" if status == 431 else "bad-request"
+            await self.try_error(status, code, str(exc) or "malformed HTTP request")
+            return None
+        except Broken:
+            return None
+        if isinstance(event, h11.Request):
+            self.request = event
+            return event
+        return None  # ConnectionClosed or anything else: the client is done
+
+    async def read_body(self, limit: int, timeout_s: float) -> bytes:
+        """The whole request body; 413 past ``limit`` bytes (checked against Content-Length first)."""
+        length = self.header(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise HTTPError(413, "body-too-large", f"request body over {limit} bytes")
+        chunks = []
+        total = 0
+        try:
+            with trio.fail_after(timeout_s):
+                while True:
+                    event = await self._receive_event()
+                    if isinstance(event, h11.Data):
+                        total += len(event.data)
+                        if total > limit:
+                            raise HTTPError(413, "body-too-large", f"request body over {limit} bytes")
+                        chunks.append(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        return b"".join(chunks)
+                    else:
+                        raise HTTPError(400, "bad-request", "incomplete request body")
+        except trio.TooSlowError:
+            raise HTTPError(408, "timeout", "request body not received in time") from None
+        except h11.RemoteProtocolError as exc:
+            raise HTTPError(400, "bad-request", str(exc)) from None
+
+    def header(self, name: bytes) -> Optional[str]:
+        """The first value of a request header (latin-1), or None."""
+        for key, value in self.request.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    def header_values(self, name: bytes) -> list:
+        return [value.decode("latin-1") for key, value in self.request.headers if key == name]
+
+    async def respond(self, status: int, body: bytes = b"", *, content_type: str = "application/json",
+                      headers: Iterable = ()) -> None:
+        response_headers = [
+            (b"server", SERVER_HEADER),
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        response_headers.extend((k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v)
+                                for k, v in headers)
+        if self.conn.their_state is not h11.DONE:
+            # We answer before reading the whole body (an error): do not try to reuse the connection.
+            response_headers.append((b"connection", b"close"))
+        data = self.conn.send(h11.Response(status_code=status, headers=response_headers))
+        data += self.conn.send(h11.Data(data=body)) if body else b""
+        data += self.conn.send(h11.EndOfMessage())
+        await send_all(self.sock, data, self.yielder)
+
+    async def respond_json(self, status: int, obj, *, headers: Iterable = ()) -> None:
+        await self.respond(status, json_body(obj), headers=headers)
+
+    async def respond_error(self, error: HTTPError) -> None:
+        await self.respond_json(error.status, {"error": error.code, "message": error.message}, headers=error.headers)
+
+    async def try_error(self, status: int, code: str, message: str) -> None:
+        try:
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self.respond_json(status, {"error": code, "message": message},
+                                        headers=[("connection", "close")])
+        except (Broken, h11.ProtocolError):
+            pass
+
+    async def switch_to_websocket(self, headers: list) -> bytes:
+        """Send 101 Switching Protocols; return the bytes the client sent after its request."""
+        data = self.conn.send(h11.InformationalResponse(status_code=101, headers=headers))
+        await send_all(self.sock, data, self.yielder)
+        leftover, _closed = self.conn.trailing_data
+        return bytes(leftover)
+
+    @property
+    def reusable(self) -> bool:
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE

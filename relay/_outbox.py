@@ -1,0 +1,101 @@
+"""A byte-bounded queue of ready-to-send messages, drained by one transport writer.
+
+Every queued item has ``head`` and ``body`` (sent back to back, as two iovecs of one sendmsg),
+``size`` (their total length) and ``seq``.  The queue itself never drops anything: the policy for
+a full queue belongs to whoever pushes (see Session._deliver).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional
+
+__all__ = ["Outbox", "RawFrame", "WRITER_BATCH_BYTES", "WRITER_BATCH_FRAMES"]
+
+WRITER_BATCH_BYTES = 4 * 1024 * 1024  # the most one writer takes from a queue for one send
+WRITER_BATCH_FRAMES = 256  # two iovecs each, far below IOV_MAX (1024)
+
+
+class RawFrame:
+    """A frame that is not an envelope (echo server, control frames): ``head + body``."""
+
+    __slots__ = ("head", "body", "size", "seq", "kind")
+
+    def __init__(self, head: bytes, body) -> None:
+        self.head = head
+        self.body = body
+        self.size = len(head) + len(body)
+        self.seq = 0
+        self.kind = ""
+
+
+def _nothing() -> None:
+    return None
+
+
+class Outbox:
+    """The outbound queue of one client endpoint.
+
+    The transport sets ``wakeup`` to a callable that wakes its writer, calls :meth:`take_batch`
+    when it can send, and closes the connection with ``close_code`` once the queue is drained
+    after :meth:`close` was called.
+    """
+
+    __slots__ = ("queue", "queued_bytes", "limit", "wakeup", "close_code", "close_reason",
+                 "resync_pending", "last_seq_sent")
+
+    def __init__(self, limit: int) -> None:
+        self.queue: collections.deque = collections.deque()
+        self.queued_bytes = 0
+        self.limit = limit
+        self.wakeup: Callable[[], None] = _nothing
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self.resync_pending = False  # a resync is still queued: overflowing now means "cannot keep up"
+        self.last_seq_sent = 0
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def push(self, message) -> None:
+        self.queue.append(message)
+        self.queued_bytes += message.size
+        self.wakeup()
+
+    def take_batch(self, max_bytes: int = WRITER_BATCH_BYTES, max_frames: int = WRITER_BATCH_FRAMES) -> list:
+        """Remove and return the queued messages for one send (at least one if any is queued)."""
+        queue = self.queue
+        if not queue:
+            return []
+        if len(queue) == 1:
+            message = queue.popleft()
+            batch = [message]
+            taken = message.size
+        else:
+            batch = []
+            taken = 0
+            while queue and len(batch) < max_frames:
+                size = queue[0].size
+                if batch and taken + size > max_bytes:
+                    break
+                batch.append(queue.popleft())
+                taken += size
+        self.queued_bytes -= taken
+        if not queue:
+            self.resync_pending = False
+        seq = batch[-1].seq
+        if seq > self.last_seq_sent:
+            self.last_seq_sent = seq
+        return batch
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the transport to close after sending what is queued (the first reason wins)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.wakeup()

@@ -1,0 +1,546 @@
+"""The relay server: listeners, connections, routing of HTTP requests, graceful shutdown.
+
+``serve(config)`` runs one node: a public listener (client API, WebSocket, long-poll, demo pages,
+``/health``) and a private one (``/health``, ``/metrics``, ``/sessions``: never on the public one).
+Each accepted socket starts as HTTP/1.1 (:mod:`relay._http`); a WebSocket upgrade hands the socket
+to :class:`relay._websocket.WebSocketConnection`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+import itertools
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import msgpack
+import trio
+
+from relay._accel import build_set_cookie
+from relay._config import Config, JoinRequest, parse_hostport
+from relay._endpoint import SessionSocketHandler, deliver_envelope
+from relay._errors import EnvelopeError
+from relay._handshake import accept_headers, is_upgrade_request
+from relay._host import LimitReached, SessionHost
+from relay._http import HTTPConnection, HTTPError
+from relay._metrics import CONTENT_TYPE_LATEST, Metrics
+from relay._netio import Broken, close_socket
+from relay._outbox import Outbox
+from relay._session import CLOSE_SERVICE_RESTART, Peer, Role, Session, SessionEnded
+from relay._websocket import EchoHandler, WebSocketConnection
+
+__all__ = ["serve", "serve_echo", "Listening", "Server"]
+
+log = logging.getLogger("relay.server")
+
+API_BODY_BYTES = 64 * 1024  # JSON bodies of create/join
+LISTEN_BACKLOG = 1024
+SHUTDOWN_CLOSE_CODE = CLOSE_SERVICE_RESTART  # clients reconnect (through the LB) elsewhere
+STATIC_FILES = {
+    "/cobrowse/client.js": ("client.js", "application/javascript; charset=utf-8"),
+    "/cobrowse/master.html": ("master.html", "text/html; charset=utf-8"),
+    "/cobrowse/slave.html": ("slave.html", "text/html; charset=utf-8"),
+}
+_connection_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Listening:
+    """What ``serve`` bound, reported through ``task_status.started``."""
+
+    public_host: str
+    public_port: int
+    private_host: str
+    private_port: int
+
+
+def _listen_socket(address: str, setting: str) -> socket.socket:
+    host, port = parse_hostport(address, setting=setting)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """One relay node.  Use :func:`serve`; this class is the embedding-friendly handle behind it."""
+
+    def __init__(self, config: Config) -> None:
+        config.validate()
+        self.config = config
+        self.metrics = Metrics(lambda: len(self.host.sessions))
+        self.host = SessionHost(config, observer=self._observe)
+        self.connections = 0
+        self.shutting_down = False
+        self._no_connections = trio.Event()
+        self._no_connections.set()
+        self._listeners: list = []
+        self._cookie_header = build_set_cookie(
+            config.cookie_name, config.node_name, path="/", secure=config.cookie_secure,
+            http_only=config.cookie_http_only, same_site=config.cookie_same_site,
+            partitioned=config.cookie_partitioned,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, shutdown: Optional[trio.Event] = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        public = _listen_socket(config.listen, "listen")
+        try:
+            private = _listen_socket(config.private_listen, "private_listen")
+        except BaseException:
+            public.close()
+            raise
+        self._listeners = [public, private]
+        public_host, public_port = public.getsockname()[:2]
+        private_host, private_port = private.getsockname()[:2]
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.host.run_timers)
+                nursery.start_soon(self._accept_loop, public, True)
+                nursery.start_soon(self._accept_loop, private, False)
+                log.info("relay node %s listening on %s:%d (public) and %s:%d (private)",
+                         config.node_name, public_host, public_port, private_host, private_port)
+                task_status.started(Listening(public_host, public_port, private_host, private_port))
+                if shutdown is not None:
+                    await shutdown.wait()
+                    await self.shutdown()
+                    nursery.cancel_scope.cancel()
+        finally:
+            for sock in self._listeners:
+                close_socket(sock)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every client with 1012 so it reconnects elsewhere, wait (bounded)."""
+        self.shutting_down = True
+        for sock in self._listeners:
+            close_socket(sock)
+        self.host.end_all("node shutting down", code=SHUTDOWN_CLOSE_CODE)
+        with trio.move_on_after(self.config.shutdown_grace_s):
+            await self._no_connections.wait()
+        log.info("shutdown complete (%d connections left)", self.connections)
+
+    def _observe(self, session: Session, kind: str, seq: int, size: int) -> None:
+        self.metrics.messages_published.labels(kind).inc()
+        hook = self.config.on_message
+        if hook is not None:
+            self.host.call_hook(hook, session.id, kind, seq, size)
+
+    async def _accept_loop(self, listener: socket.socket, public: bool) -> None:
+        while not self.shutting_down:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except (trio.ClosedResourceError, OSError):
+                return
+            while True:
+                try:
+                    sock, address = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    break
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.connections >= self.config.max_connections:
+                    self.metrics.handshake_failures.labels("too-many-connections").inc()
+                    _refuse_overloaded(sock)
+                    continue
+                self.connections += 1
+                self._no_connections = trio.Event() if self.connections == 1 else self._no_connections
+                self._nursery.start_soon(self._handle_connection, sock, address, public)
+
+    async def _handle_connection(self, sock: socket.socket, address, public: bool) -> None:
+        http = HTTPConnection(sock, max_header_bytes=self.config.max_header_bytes)
+        connection_id = f"c{next(_connection_ids)}"
+        try:
+            while not self.shutting_down:
+                request = await http.next_request(self.config.handshake_timeout_s)
+                if request is None:
+                    break
+                try:
+                    upgraded = await self._dispatch(http, request, public, connection_id)
+                except HTTPError as error:
+                    self.metrics.handshake_failures.labels(error.code).inc()
+                    await http.respond_error(error)
+                    upgraded = False
+                if upgraded or not http.reusable:
+                    break
+        except Broken:
+            pass
+        except Exception:
+            # A bug must cost one connection, never the process or another client's session.
+            log.exception("internal error on connection %s", connection_id)
+            await http.try_error(500, "internal-error", "internal error")
+        finally:
+            close_socket(sock)
+            self.connections -= 1
+            if self.connections == 0:
+                self._no_connections.set()
+
+    # ------------------------------------------------------------------ routing
+
+    async def _dispatch(self, http: HTTPConnection, request: h11.Request, public: bool, connection_id: str) -> bool:
+        """Answer one request.  Returns True if the connection became a WebSocket."""
+        target = urlsplit(request.target.decode("latin-1"))
+        path = target.path
+        query = {key: values[0] for key, values in parse_qs(target.query).items()}
+        method = request.method
+        if path == "/health":
+            await http.respond_json(200, {"status": "ok", "node": self.config.node_name,
+                                          "sessions": len(self.host.sessions)})
+            return False
+        if not public:
+            return await self._dispatch_private(http, method, path)
+        if path in STATIC_FILES and method == b"GET" and self.config.demo_pages:
+            name, content_type = STATIC_FILES[path]
+            await http.respond(200, _static(name), content_type=content_type)
+            return False
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or parts[0] != "cobrowse":
+            raise HTTPError(404, "not-found", "no such resource")
+        self._check_origin(http)
+        if parts[1] == "sessions":
+            if len(parts) == 2 and method == b"POST":
+                await self._create_session(http)
+            elif len(parts) == 4 and parts[3] == "join" and method == b"POST":
+                await self._join_session(http, parts[2])
+            elif len(parts) == 3 and method == b"DELETE":
+                await self._end_session(http, parts[2], query)
+            else:
+                raise HTTPError(404 if len(parts) > 4 else 405, "not-found", "no such resource or method")
+            return False
+        if parts[1] == "ws" and len(parts) == 3:
+            await self._websocket(http, request, parts[2], query, connection_id)
+            return True
+        if parts[1] == "poll" and len(parts) == 3:
+            if method == b"GET":
+                await self._poll_get(http, parts[2], query)
+            elif method == b"POST":
+                await self._poll_post(http, parts[2], query)
+            else:
+                raise HTTPError(405, "method-not-allowed", "long-poll takes GET and POST", [("allow", "GET, POST")])
+            return False
+        raise HTTPError(404, "not-found", "no such resource")
+
+    async def _dispatch_private(self, http: HTTPConnection, method: bytes, path: str) -> bool:
+        if path == "/metrics" and method == b"GET":
+            await http.respond(200, self.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+        elif path == "/sessions" and method == b"GET":
+            await http.respond_json(200, {"node": self.config.node_name,
+                                          "sessions": [s.describe() for s in self.host.sessions.values()]})
+        else:
+            raise HTTPError(404, "not-found", "no such resource")
+        return False
+
+    def _check_origin(self, http: HTTPConnection) -> None:
+        """SPEC 6: no Origin, the relay's own origin, or a configured one; 403 otherwise."""
+        origin = http.header(b"origin")
+        if origin is None:
+            return
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return
+        host = http.header(b"host")
+        scheme = http.header(b"x-forwarded-proto") or "http"
+        if host is not None and origin.lower() == f"{scheme}://{host}".lower():
+            return
+        self.metrics.handshake_failures.labels("origin").inc()
+        raise HTTPError(403, "origin-not-allowed", f"origin {origin!r} is not allowed")
+
+    def _session_or_404(self, session_id: str) -> Session:
+        session = self.host.get(session_id)
+        if session is None:
+            raise HTTPError(404, "unknown-session", "no such session (unknown or ended)")
+        return session
+
+    def _authenticate(self, session: Session, token: Optional[str]):
+        role, record = session.role_of_token(token)
+        if role is None:
+            raise HTTPError(403, "bad-token", "the token does not open this session")
+        return role, record
+
+    # ------------------------------------------------------------------ session API
+
+    async def _read_json(self, http: HTTPConnection) -> dict:
+        body = await http.read_body(API_BODY_BYTES, self.config.handshake_timeout_s)
+        if not body.strip():
+            return {}
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise HTTPError(400, "bad-json", "the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, "bad-json", "the body must be a JSON object")
+        return data
+
+    async def _create_session(self, http: HTTPConnection) -> None:
+        data = await self._read_json(http)
+        chat = data.get("chat", False)
+        if not isinstance(chat, bool):
+            raise HTTPError(400, "bad-request", "'chat' must be true or false")
+        try:
+            session = self.host.create(chat=chat)
+        except LimitReached as exc:
+            raise HTTPError(503, "too-many-sessions", str(exc)) from None
+        await http.respond_json(201, {"session": session.id, "master_token": session.master_token,
+                                      "node": self.config.node_name, "chat": chat},
+                                headers=[("set-cookie", self._cookie_header)])
+
+    async def _join_session(self, http: HTTPConnection, session_id: str) -> None:
+        data = await self._read_json(http)
+        session = self._session_or_404(session_id)
+        agent_id = data.get("agent")
+        join_token = data.get("join_token")
+        if agent_id is not None and not isinstance(agent_id, str) or join_token is not None and not isinstance(join_token, str):
+            raise HTTPError(400, "bad-request", "'agent' and 'join_token' must be strings")
+        hook = self.config.authorize_join
+        if hook is not None:
+            verdict = hook(JoinRequest(session_id, agent_id, join_token, http.header(b"origin")))
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict is not True:
+                raise HTTPError(403, "join-refused", "the join was refused by the authorization hook")
+        if self.host.get(session_id) is not session:
+            raise HTTPError(404, "unknown-session", "the session ended")
+        if len(session.slaves) >= self.config.max_slaves_per_session:
+            raise HTTPError(429, "too-many-slaves",
+                            f"this session has its maximum of {self.config.max_slaves_per_session} slaves")
+        record = session.add_slave(agent_id)
+        await http.respond_json(200, {"session": session.id, "slave_token": record.token, "slave": record.slave_id,
+                                      "node": self.config.node_name, "mode": record.mode},
+                                headers=[("set-cookie", self._cookie_header)])
+
+    async def _end_session(self, http: HTTPConnection, session_id: str, query: dict) -> None:
+        session = self._session_or_404(session_id)
+        token = query.get("token")
+        authorization = http.header(b"authorization")
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        role, _record = self._authenticate(session, token)
+        if role is not Role.MASTER:
+            raise HTTPError(403, "master-only", "only the master can end the session")
+        self.host.end(session, "ended by the master")
+        await http.respond(204)
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def _websocket(self, http: HTTPConnection, request: h11.Request, session_id: str, query: dict,
+                         connection_id: str) -> None:
+        if not is_upgrade_request(request):
+            raise HTTPError(426, "upgrade-required", "this endpoint speaks WebSocket",
+                            [("upgrade", "websocket"), ("connection", "Upgrade")])
+        session = self._session_or_404(session_id)
+        role, record = self._authenticate(session, query.get("token"))
+        after, epoch = _resume_params(query)
+        headers = accept_headers(request)
+        config = self.config
+        peer = Peer(role, transport="ws", limit=config.slave_queue_bytes, connection_id=connection_id)
+        leftover = await http.switch_to_websocket(headers)
+        connection_ref: list = []
+        handler = SessionSocketHandler(session, peer, connection_ref, self.metrics)
+        connection = WebSocketConnection(
+            http.sock, peer, handler, max_message_bytes=config.max_message_bytes,
+            ping_interval_s=config.ping_interval_s, idle_timeout_s=config.idle_timeout_s,
+            leftover=leftover, connection_id=connection_id,
+        )
+        connection_ref.append(connection)
+        now = trio.current_time()
+        try:
+            if role is Role.MASTER:
+                session.attach_master(peer, now)
+            else:
+                session.attach_slave(record, peer, now, after=after, epoch=epoch)
+        except SessionEnded:
+            peer.close(4002, "session ended")
+        gauge = self.metrics.connections.labels(role.value, "ws")
+        gauge.inc()
+        log.info("ws open conn=%s session=%s role=%s", connection_id, session.id, role.value)
+        try:
+            await connection.run()
+        finally:
+            gauge.dec()
+            if connection.close_code is not None:
+                self.metrics.closes.labels(str(connection.close_code)).inc()
+            if peer.close_code == 1013:
+                self.metrics.slow_closed.inc()
+            log.info("ws closed conn=%s session=%s code=%s peer_code=%s", connection_id, session.id,
+                     connection.close_code, connection.peer_close_code)
+
+    # ------------------------------------------------------------------ long-polling
+
+    def _poll_peer(self, session: Session, role: Role, record, after: Optional[int], epoch: Optional[int]) -> Peer:
+        """The long-poll peer of this token, attaching a new one when there is none (or on resume)."""
+        current = session.master if role is Role.MASTER else record.peer
+        now = trio.current_time()
+        if current is not None and current.transport == "poll" and not current.closing:
+            if after is None or after >= current.last_seq_sent or role is Role.MASTER:
+                current.last_seen = now
+                return current
+        peer = Peer(role, transport="poll", limit=self.config.slave_queue_bytes)
+        peer.last_seen = now
+        if role is Role.MASTER:
+            session.attach_master(peer, now)
+        else:
+            session.attach_slave(record, peer, now, after=after, epoch=epoch)
+        return peer
+
+    async def _poll_get(self, http: HTTPConnection, session_id: str, query: dict) -> None:
+        session = self._session_or_404(session_id)
+        role, record = self._authenticate(session, query.get("token"))
+        after, epoch = _resume_params(query)
+        peer = self._poll_peer(session, role, record, after, epoch)
+        if peer.poll_event is not None:
+            peer.poll_event.set()  # an older GET for this peer returns now, empty
+        if not peer.queue and not peer.closing:
+            event = peer.poll_event = trio.Event()
+            peer.wakeup = event.set
+            with trio.move_on_after(self.config.poll_wait_s):
+                await event.wait()
+            if peer.poll_event is event:
+                peer.poll_event = None
+                peer.wakeup = _nothing
+        peer.last_seen = trio.current_time()
+        batch = peer.take_batch(max_bytes=self.config.max_message_bytes)
+        if not batch and peer.closing:
+            session.detach(peer, trio.current_time())
+            raise HTTPError(410, "closed", peer.close_reason or "this long-poll client was closed")
+        parts = []
+        for message in batch:
+            parts.extend(message.envelope())
+        await http.respond(200, b"".join(parts), content_type="application/msgpack",
+                           headers=[("x-relay-seq", str(peer.last_seq_sent))])
+
+    async def _poll_post(self, http: HTTPConnection, session_id: str, query: dict) -> None:
+        session = self._session_or_404(session_id)
+        role, record = self._authenticate(session, query.get("token"))
+        body = await http.read_body(self.config.poll_body_bytes, self.config.handshake_timeout_s)
+        peer = self._poll_peer(session, role, record, None, None)
+        count = 0
+        try:
+            for envelope in split_envelopes(body):
+                self.metrics.message_in(role.value, len(envelope))
+                deliver_envelope(session, peer, envelope, trio.current_time())
+                count += 1
+        except EnvelopeError as exc:
+            self.metrics.envelope_error()
+            raise HTTPError(400, "bad-envelope", f"envelope {count}: {exc}") from None
+        await http.respond_json(200, {"accepted": count})
+
+
+def split_envelopes(body: bytes):
+    """Yield each msgpack object of a long-poll body as a view (bodies are decoded by msgpack only
+    to find where they end; the relay itself never looks inside)."""
+    if not body:
+        raise EnvelopeError("empty long-poll body: send one or more envelopes")
+    unpacker = msgpack.Unpacker(raw=True, max_buffer_size=len(body), strict_map_key=False)
+    unpacker.feed(body)
+    view = memoryview(body)
+    start = 0
+    try:
+        for _ in unpacker:
+            end = unpacker.tell()
+            yield view[start:end]
+            start = end
+    except EnvelopeError:
+        raise
+    except Exception as exc:
+        raise EnvelopeError(f"malformed msgpack: {exc}") from None
+    if start != len(body):
+        raise EnvelopeError("the body ends in the middle of an envelope")
+
+
+def _resume_params(query: dict) -> tuple:
+    def number(name):
+        text = query.get(name)
+        if text is None:
+            return None
+        if not text.isdigit() or len(text) > 20:
+            raise HTTPError(400, "bad-request", f"{name} must be a non-negative integer")
+        return int(text)
+
+    return number("after"), number("epoch")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _static(name: str) -> bytes:
+    return importlib.resources.files("relay").joinpath("static", name).read_bytes()
+
+
+def _refuse_overloaded(sock: socket.socket) -> None:
+    body = b'{"error":"overloaded","message":"too many connections"}'
+    try:
+        sock.send(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                  b"retry-after: 1\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    except OSError:
+        pass
+    sock.close()
+
+
+async def serve(config: Config, *, shutdown: Optional[trio.Event] = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one relay node until cancelled (or until ``shutdown`` is set: then gracefully).
+
+    ``await nursery.start(serve, config)`` returns a :class:`Listening` with the bound ports
+    (``listen = "127.0.0.1:0"`` picks a free one).
+    """
+    await Server(config).run(shutdown=shutdown, task_status=task_status)
+
+
+async def serve_echo(listen: str, *, max_message_bytes: int, ping_interval_s: float = 20.0,
+                     idle_timeout_s: float = 60.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A WebSocket echo server on the same connection code as sessions (for Autobahn|Testsuite)."""
+    listener = _listen_socket(listen, "listen")
+    host, port = listener.getsockname()[:2]
+
+    async def handle(sock):
+        http = HTTPConnection(sock, max_header_bytes=16 * 1024)
+        try:
+            request = await http.next_request(10.0)
+            if request is None:
+                return
+            try:
+                headers = accept_headers(request)
+            except HTTPError as error:
+                await http.respond_error(error)
+                return
+            leftover = await http.switch_to_websocket(headers)
+            outbox = Outbox(limit=max_message_bytes * 4)
+            await WebSocketConnection(sock, outbox, EchoHandler(outbox), max_message_bytes=max_message_bytes,
+                                      ping_interval_s=ping_interval_s, idle_timeout_s=idle_timeout_s,
+                                      leftover=leftover).run()
+        except Broken:
+            pass
+        finally:
+            close_socket(sock)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started((host, port))
+            while True:
+                await trio.lowlevel.wait_readable(listener)
+                while True:
+                    try:
+                        sock, _address = listener.accept()
+                    except BlockingIOError:
+                        break
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    nursery.start_soon(handle, sock)
+    finally:
+        close_socket(listener)

@@ -1,0 +1,474 @@
+"""One co-browse session: roles, sequencing, history for catch-up, fan-out and slow-slave policy.
+
+This module is transport-agnostic and does no I/O.  A transport (WebSocket or long-poll) attaches
+a :class:`Peer` to the session, hands it the envelopes its client sent, and drains the peer's
+outbound queue.  The session decides everything else from an envelope's kind alone; DOM, CSS,
+pointer and control bodies are never decoded.
+
+Two streams leave a session:
+
+* the **session stream**: every message that slaves receive (snapshot, mutation, css, navigate,
+  chat, presence).  It is numbered by the session's ``seq``, gap-free, and kept since the latest
+  snapshot as the **history** that late joiners and resuming slaves replay.  Slaves receive every
+  message of it (their own chat too: that is how a sender learns its message's seq); the master
+  receives the ones it did not send.
+* the master's **inbox**: pointer and control events from slaves, numbered by their own counter.
+
+Per-connection messages from the relay (hello, resync, error) carry seq 0: they are outside both
+streams.  A message is built once (:class:`Outgoing`) and the same object is queued for every
+receiver; its body is a view of the sender's payload, never copied.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import secrets
+from typing import Callable, Optional
+
+import msgpack
+
+from relay._accel import envelope_frame_header
+from relay._config import Config
+from relay._outbox import Outbox
+
+__all__ = [
+    "Outgoing",
+    "Peer",
+    "Role",
+    "Session",
+    "SlaveRecord",
+    "SessionEnded",
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_POLICY",
+    "CLOSE_TRY_AGAIN_LATER",
+    "CLOSE_SERVICE_RESTART",
+    "CLOSE_REPLACED",
+    "CLOSE_SESSION_ENDED",
+]
+
+# WebSocket close codes the relay sends (RFC 6455 and its private range).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013  # a slave that cannot keep up even after a resync
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_REPLACED = 4001  # a newer connection with the same token took this one's place
+CLOSE_SESSION_ENDED = 4002  # the session ended (master left, idle, or ended by the master)
+
+# Kinds (SPEC 4).
+BROADCAST_FROM_MASTER = frozenset({"snapshot", "mutation", "css", "navigate"})
+SHARING_KINDS = frozenset({"mutation", "css", "navigate"})  # refused in a chat-only session
+TO_MASTER_ANY_MODE = frozenset({"pointer"})
+TO_MASTER_WRITE_MODE = frozenset({"control"})
+
+SLAVE_ID_BYTES = 8
+TOKEN_BYTES = 32  # 256-bit role tokens
+
+
+class Role(str, enum.Enum):
+    MASTER = "master"
+    SLAVE = "slave"
+
+
+class SessionEnded(Exception):
+    """The session is over; no peer can attach any more."""
+
+
+def pack_body(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+class Outgoing:
+    """One envelope ready to send: ``head + body`` is the whole WebSocket frame.
+
+    ``head`` is the unmasked frame header followed by the envelope header; ``body`` is a view of
+    the sender's payload (it keeps that payload alive, so it stays valid as long as this object).
+    ``envelope()`` gives the parts without the WebSocket header, for long-polling.
+    """
+
+    __slots__ = ("kind", "seq", "head", "ws_header_length", "body", "size")
+
+    def __init__(self, kind: str, seq: int, body) -> None:
+        body_length = len(body)
+        head = envelope_frame_header(kind, seq, body_length)
+        self.kind = kind
+        self.seq = seq
+        self.head = head
+        self.body = body
+        self.size = len(head) + body_length
+        # The 7-bit length field says how long the frame header is: 126 -> 16-bit, 127 -> 64-bit.
+        self.ws_header_length = _WS_HEADER_LENGTH[head[1] & 0x7F]
+
+    def envelope(self) -> tuple:
+        return (memoryview(self.head)[self.ws_header_length:], self.body)
+
+    def __repr__(self) -> str:
+        return f"<Outgoing {self.kind} seq={self.seq} {self.size}B>"
+
+
+_WS_HEADER_LENGTH = [2] * 126 + [4, 10]
+
+
+def relay_message(kind: str, body_obj, seq: int = 0) -> Outgoing:
+    """A message written by the relay itself (hello, presence, resync, error)."""
+    return Outgoing(kind, seq, pack_body(body_obj))
+
+
+class Peer(Outbox):
+    """One client endpoint in a session: an :class:`Outbox` with the client's role.
+
+    Master-bound and relay messages are never dropped; the slow-slave policy of
+    :meth:`Session._deliver` applies to slaves only.
+    """
+
+    __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event")
+
+    def __init__(self, role: Role, *, transport: str, limit: int, connection_id: str = "") -> None:
+        super().__init__(limit)
+        self.role = role
+        self.slave: Optional[SlaveRecord] = None
+        self.transport = transport  # "ws" or "poll": for metrics and logs
+        self.session: Optional[Session] = None
+        self.connection_id = connection_id
+        self.last_seen = 0.0
+        self.poll_event = None  # long-poll only: wakes the GET that waits for this peer
+
+
+class SlaveRecord:
+    """A slave that joined: its token and mode outlive any one connection."""
+
+    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "joined")
+
+    def __init__(self, slave_id: str, token: str, agent_id: Optional[str]) -> None:
+        self.slave_id = slave_id
+        self.token = token
+        self.agent_id = agent_id
+        self.mode = "pointer"
+        self.peer: Optional[Peer] = None
+        self.joined = False
+
+
+class Session:
+    """State and routing of one session.  Every method is synchronous and does no I/O."""
+
+    def __init__(self, session_id: str, config: Config, *, chat: bool = False, now: float = 0.0,
+                 epoch: int = 1, observer: Optional[Callable] = None) -> None:
+        self.id = session_id
+        self.config = config
+        self.epoch = epoch
+        self.seq = 0
+        self.inbox_seq = 0
+        self.chat_only = chat
+        self.master_token = secrets.token_urlsafe(TOKEN_BYTES)
+        self.master: Optional[Peer] = None
+        self.master_ever_connected = False
+        self.master_left_at: Optional[float] = now  # no master yet: the grace period runs
+        self.slaves: dict = {}  # slave_id -> SlaveRecord
+        self.slaves_by_token: dict = {}
+        self.history: list = []  # Outgoing, consecutive seqs, since the latest snapshot
+        self.history_bytes = 0
+        self.history_complete = True  # False after the hard limit cut it: wait for a snapshot
+        self.snapshot_requested = False
+        self.created_at = now
+        self.last_activity = now
+        self.ended: Optional[str] = None
+        self._observer = observer  # (session, kind, seq, size) -> None, for hooks and metrics
+        self.stats = collections.Counter()
+
+    # ------------------------------------------------------------------ membership
+
+    def add_slave(self, agent_id: Optional[str]) -> SlaveRecord:
+        if self.ended:
+            raise SessionEnded(self.ended)
+        record = SlaveRecord(secrets.token_hex(SLAVE_ID_BYTES), secrets.token_urlsafe(TOKEN_BYTES), agent_id)
+        self.slaves[record.slave_id] = record
+        self.slaves_by_token[record.token] = record
+        return record
+
+    def role_of_token(self, token: Optional[str]):
+        """(Role, SlaveRecord | None) for a token of this session, or (None, None)."""
+        if not token:
+            return None, None
+        if secrets.compare_digest(token.encode(), self.master_token.encode()):
+            return Role.MASTER, None
+        # Each slave token is looked up by dict (hash) and then compared in constant time, so
+        # the lookup does not leak how much of a guessed token matched.
+        record = self.slaves_by_token.get(token)
+        if record is not None and secrets.compare_digest(token.encode(), record.token.encode()):
+            return Role.SLAVE, record
+        return None, None
+
+    def attach_master(self, peer: Peer, now: float) -> None:
+        if self.ended:
+            raise SessionEnded(self.ended)
+        previous = self.master
+        if previous is not None:
+            previous.close(CLOSE_REPLACED, "replaced by a newer master connection")
+        reconnect = self.master_ever_connected
+        self.master = peer
+        peer.session = self
+        self.master_ever_connected = True
+        self.master_left_at = None
+        self.last_activity = now
+        peer.push(relay_message("hello", self._hello(Role.MASTER, None, "none")))
+        if reconnect:
+            self._broadcast_presence({"event": "master-reconnected"})
+
+    def attach_slave(self, record: SlaveRecord, peer: Peer, now: float, *, after: Optional[int] = None,
+                     epoch: Optional[int] = None) -> None:
+        """Connect a slave and queue its catch-up before any live traffic."""
+        if self.ended:
+            raise SessionEnded(self.ended)
+        previous = record.peer
+        if previous is not None:
+            previous.close(CLOSE_REPLACED, "replaced by a newer connection of this slave")
+        record.peer = peer
+        peer.slave = record
+        peer.session = self
+        self.last_activity = now
+        catchup, messages = self._catch_up(after, epoch)
+        peer.push(relay_message("hello", self._hello(Role.SLAVE, record, catchup)))
+        if catchup == "resync":
+            peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq}))
+        for message in messages:
+            peer.push(message)
+        if catchup in ("full", "resync", "pending", "resume"):
+            peer.resync_pending = catchup != "resume"
+        if not record.joined:
+            record.joined = True
+        self._broadcast_presence({"event": "joined", "slave": record.slave_id, "agent": record.agent_id,
+                                  "mode": record.mode})
+
+    def detach(self, peer: Peer, now: float) -> None:
+        """A peer's connection is gone (or a long-poll client went silent)."""
+        if peer.session is not self:
+            return
+        peer.session = None
+        if peer is self.master:
+            self.master = None
+            self.master_left_at = now
+            if not self.ended:
+                self._broadcast_presence({"event": "master-left"})
+        elif peer.slave is not None and peer.slave.peer is peer:
+            record = peer.slave
+            record.peer = None
+            if not self.ended:
+                self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
+
+    def poll_peers(self) -> list:
+        return [peer for peer in self._peers() if peer.transport == "poll"]
+
+    def slaves_connected(self) -> int:
+        return sum(1 for record in self.slaves.values() if record.peer is not None)
+
+    def end(self, reason: str, *, code: int = CLOSE_SESSION_ENDED) -> None:
+        """End the session: tell every peer, then close them with ``code``."""
+        if self.ended:
+            return
+        self._broadcast_presence({"event": "ended", "reason": reason})
+        self.ended = reason
+        for peer in self._peers():
+            peer.close(code, f"session ended: {reason}")
+        self.history.clear()
+        self.history_bytes = 0
+
+    # ------------------------------------------------------------------ traffic
+
+    def from_master(self, peer: Peer, kind: str, body, now: float) -> Optional[Outgoing]:
+        """Route one envelope from the master.  Returns an error message for the sender, or None."""
+        if peer is not self.master or self.ended:
+            return relay_message("error", {"code": "not-master", "message": "this connection is not the session's master"})
+        self.last_activity = now
+        if kind in BROADCAST_FROM_MASTER:
+            if kind == "snapshot":
+                self.chat_only = False
+            elif self.chat_only:
+                return _error("chat-only", f"{kind} refused: this chat session has no page shared yet (send a snapshot)")
+            self._publish(kind, body, sender=peer)
+            return None
+        if kind == "chat":
+            self._publish(kind, body, sender=peer)
+            return None
+        if kind == "mode":
+            return self._set_mode(body)
+        return _error("unknown-kind", f"the master may not send {kind!r}")
+
+    def from_slave(self, peer: Peer, kind: str, body, now: float) -> Optional[Outgoing]:
+        """Route one envelope from a slave.  Returns an error message for the sender, or None."""
+        record = peer.slave
+        if record is None or record.peer is not peer or self.ended:
+            return _error("not-attached", "this connection is not attached to the session")
+        self.last_activity = now
+        if kind in TO_MASTER_ANY_MODE or kind in TO_MASTER_WRITE_MODE:
+            if kind in TO_MASTER_WRITE_MODE and record.mode != "write":
+                self.stats["refused"] += 1
+                return _error("write-mode-required", f"{kind} events need write mode, granted by the master")
+            self._to_master(kind, body)
+            return None
+        if kind == "chat":
+            self._publish(kind, body, sender=None)
+            return None
+        if kind in BROADCAST_FROM_MASTER or kind == "mode":
+            self.stats["refused"] += 1
+            return _error("not-allowed", f"a slave may not send {kind!r}")
+        return _error("unknown-kind", f"unknown kind {kind!r}")
+
+    def _publish(self, kind: str, body, *, sender: Optional[Peer]) -> Outgoing:
+        """Give the next seq, keep in history, queue for every receiver: built once, shared."""
+        self.seq += 1
+        message = Outgoing(kind, self.seq, body)
+        self._remember(message)
+        for record in self.slaves.values():
+            if record.peer is not None:
+                self._deliver(record.peer, message)
+        master = self.master
+        if master is not None and master is not sender:
+            master.push(message)  # the master is never dropped from: it is the session's source
+        if self._observer is not None:
+            self._observer(self, kind, message.seq, message.size)
+        return message
+
+    def _to_master(self, kind: str, body) -> None:
+        master = self.master
+        if master is None or master.queued_bytes + len(body) > master.limit:
+            # Events are about the page as it is now: with no master, or one that does not read,
+            # they are worth nothing later, and they must not grow memory.
+            self.stats["dropped_to_master"] += 1
+            return
+        self.inbox_seq += 1
+        message = Outgoing(kind, self.inbox_seq, body)
+        master.push(message)
+        if self._observer is not None:
+            self._observer(self, kind, message.seq, message.size)
+
+    def _remember(self, message: Outgoing) -> None:
+        if message.kind == "snapshot":
+            self.history = [message]
+            self.history_bytes = message.size
+            self.history_complete = True
+            self.snapshot_requested = False
+            return
+        if not self.history_complete:
+            return  # nothing consistent to add to until the next snapshot
+        self.history.append(message)
+        self.history_bytes += message.size
+        snapshot_bytes = self.history[0].size if self.history[0].kind == "snapshot" else 0
+        backlog = self.history_bytes - snapshot_bytes
+        if backlog > self.config.backlog_bytes and not self.snapshot_requested and self.master is not None:
+            self.snapshot_requested = True
+            self.stats["snapshot_requests"] += 1
+            self.master.push(relay_message("resync", {"reason": "backlog", "epoch": self.epoch, "seq": self.seq}))
+        if self.history_bytes > self.config.history_hard_limit_bytes:
+            # Too much to replay: late joiners will wait for the snapshot asked for above.
+            self.history = []
+            self.history_bytes = 0
+            self.history_complete = False
+            self.stats["history_cut"] += 1
+
+    def _deliver(self, peer: Peer, message: Outgoing) -> None:
+        """Queue for one slave; a slave past its byte bound is resynced, then closed with 1013."""
+        if peer.closing:
+            return
+        if peer.queued_bytes + message.size <= peer.limit:
+            peer.push(message)
+            return
+        if peer.resync_pending:
+            self.stats["slow_closed"] += 1
+            peer.clear()
+            peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
+            return
+        # ``message`` is already in the history, so the catch-up below includes it.
+        self.stats["resyncs"] += 1
+        peer.clear()
+        catchup, messages = self._catch_up(None, None)
+        peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq, "reason": "slow"}))
+        for item in messages:
+            peer.push(item)
+        peer.resync_pending = True
+        if peer.queued_bytes > peer.limit:
+            self.stats["slow_closed"] += 1
+            peer.clear()
+            peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
+
+    def _set_mode(self, body) -> Optional[Outgoing]:
+        try:
+            request = msgpack.unpackb(body, raw=False)
+            slave_id = request["slave"]
+            mode = request["mode"]
+        except Exception:
+            return _error("bad-mode", "mode body must be a map with 'slave' and 'mode'")
+        if mode not in ("pointer", "write"):
+            return _error("bad-mode", "mode must be 'pointer' or 'write'")
+        record = self.slaves.get(slave_id) if isinstance(slave_id, str) else None
+        if record is None:
+            return _error("unknown-slave", "no such slave in this session")
+        record.mode = mode
+        self._broadcast_presence({"event": "mode", "slave": record.slave_id, "agent": record.agent_id, "mode": mode})
+        return None
+
+    def _broadcast_presence(self, event: dict) -> None:
+        self._publish("presence", pack_body(event), sender=None)
+
+    # ------------------------------------------------------------------ catch-up
+
+    def _catch_up(self, after: Optional[int], epoch: Optional[int]) -> tuple:
+        """(how, messages) for a slave that knows the stream up to ``after`` (None: nothing)."""
+        history = self.history
+        if after is not None and (epoch is None or epoch == self.epoch):
+            if after == self.seq:
+                return "resume", []
+            if history and self.history_complete and history[0].seq <= after + 1 <= self.seq:
+                return "resume", history[after + 1 - history[0].seq:]
+        if not self.history_complete:
+            return "pending", []
+        if after is None:
+            return "full", list(history)
+        return "resync", list(history)
+
+    def _hello(self, role: Role, record: Optional[SlaveRecord], catchup: str) -> dict:
+        hello = {
+            "role": role.value,
+            "session": self.id,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "catchup": catchup,
+            "chat": self.chat_only,
+        }
+        if record is not None:
+            hello["slave"] = record.slave_id
+            hello["mode"] = record.mode
+        else:
+            hello["mode"] = "write"
+            hello["slaves"] = [
+                {"slave": r.slave_id, "agent": r.agent_id, "mode": r.mode}
+                for r in self.slaves.values() if r.peer is not None
+            ]
+        return hello
+
+    def _peers(self):
+        if self.master is not None:
+            yield self.master
+        for record in self.slaves.values():
+            if record.peer is not None:
+                yield record.peer
+
+    def describe(self) -> dict:
+        """For the admin endpoint: counts only, no content."""
+        return {
+            "session": self.id,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "chat": self.chat_only,
+            "master_connected": self.master is not None,
+            "slaves": len(self.slaves),
+            "slaves_connected": self.slaves_connected(),
+            "history_messages": len(self.history),
+            "history_bytes": self.history_bytes,
+        }
+
+
+def _error(code: str, message: str) -> Outgoing:
+    return relay_message("error", {"code": code, "message": message})
