@@ -1,0 +1,314 @@
+# Envelope framing (docs/fastpath.md, section 2); twin of relay/_purepath/envelope.py.
+#
+# An envelope is the msgpack array [kind, seq, body].  The relay reads kind and seq and forwards
+# body untouched, so the body is only walked to prove it is one well-formed msgpack object:
+# lengths and counts are read, nothing is decoded, nothing is built, nothing recurses.
+
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
+
+cdef extern from "Python.h":
+    const char* _env_utf8 "PyUnicode_AsUTF8AndSize" (object text, Py_ssize_t* size) except NULL
+    bint _env_is_bool "PyBool_Check" (object value)
+    bint _env_is_int "PyLong_Check" (object value)
+
+MAX_KIND_BYTES = 32
+cdef Py_ssize_t _ENV_MAX_KIND_BYTES = 32
+cdef Py_ssize_t _ENV_FIXSTR_MAX_BYTES = 31
+# The longest frame payload RFC 6455 can express (the 64-bit length's top bit must be 0).
+cdef uint64_t _ENV_MAX_FRAME_PAYLOAD_BYTES = 0x7fffffffffffffffULL
+# The header is at most: 10 (frame) + 1 (array) + 2 + 32 (kind) + 9 (seq) bytes.
+cdef enum:
+    _ENV_MAX_FRAME_AND_HEADER_BYTES = 64
+
+
+cdef inline uint64_t _env_uint(const unsigned char* p, int width) noexcept nogil:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(width):
+        value = (value << 8) | p[i]
+    return value
+
+
+cdef inline void _env_put_uint(unsigned char* out, uint64_t value, int width) noexcept nogil:
+    cdef int i
+    for i in range(width):
+        out[width - 1 - i] = <unsigned char>(value >> (8 * i))
+
+
+cdef Py_ssize_t _env_write_header(unsigned char* out, object kind, object seq) except -1:
+    """Write the envelope header for (kind, seq) at ``out``; return its length."""
+    cdef Py_ssize_t kind_length
+    cdef const char* kind_bytes
+    cdef uint64_t seq_value
+    cdef Py_ssize_t pos
+    if not PyUnicode_Check(kind):
+        raise TypeError(f"kind must be str, not {type(kind).__name__}")
+    if not _env_is_int(seq) or _env_is_bool(seq):
+        raise TypeError(f"seq must be int, not {type(seq).__name__}")
+    try:
+        kind_bytes = _env_utf8(kind, &kind_length)
+    except UnicodeEncodeError:
+        raise LocalProtocolError("envelope kind is not encodable as UTF-8") from None
+    if kind_length < 1 or kind_length > _ENV_MAX_KIND_BYTES:
+        raise LocalProtocolError(
+            f"envelope kind must be 1 to {MAX_KIND_BYTES} UTF-8 bytes, got {kind_length}"
+        )
+    try:
+        seq_value = seq
+    except OverflowError:
+        raise LocalProtocolError(f"envelope seq {seq} is outside 0..2**64-1") from None
+    out[0] = 0x93
+    if kind_length <= _ENV_FIXSTR_MAX_BYTES:
+        out[1] = 0xa0 | <unsigned char>kind_length
+        pos = 2
+    else:
+        out[1] = 0xd9
+        out[2] = <unsigned char>kind_length
+        pos = 3
+    memcpy(out + pos, kind_bytes, kind_length)
+    pos += kind_length
+    if seq_value < 0x80:
+        out[pos] = <unsigned char>seq_value
+        return pos + 1
+    if seq_value <= 0xff:
+        out[pos] = 0xcc
+        _env_put_uint(out + pos + 1, seq_value, 1)
+        return pos + 2
+    if seq_value <= 0xffff:
+        out[pos] = 0xcd
+        _env_put_uint(out + pos + 1, seq_value, 2)
+        return pos + 3
+    if seq_value <= 0xffffffffULL:
+        out[pos] = 0xce
+        _env_put_uint(out + pos + 1, seq_value, 4)
+        return pos + 5
+    out[pos] = 0xcf
+    _env_put_uint(out + pos + 1, seq_value, 8)
+    return pos + 9
+
+
+def envelope_header(kind, seq):
+    """The bytes that precede the body: ``0x93``, ``kind`` as fixstr/str8, ``seq`` as the
+    smallest msgpack unsigned int.  ``LocalProtocolError`` for an empty or too long kind or a seq
+    outside 0..2**64-1."""
+    cdef unsigned char out[_ENV_MAX_FRAME_AND_HEADER_BYTES]
+    cdef Py_ssize_t length = _env_write_header(out, kind, seq)
+    return PyBytes_FromStringAndSize(<char*>out, length)
+
+
+def build_envelope(kind, seq, body):
+    """``envelope_header(kind, seq) + body``; ``body`` is one packed msgpack object, trusted."""
+    cdef unsigned char out[_ENV_MAX_FRAME_AND_HEADER_BYTES]
+    cdef Py_ssize_t header_length = _env_write_header(out, kind, seq)
+    cdef Py_buffer view
+    cdef bytes result
+    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    try:
+        result = PyBytes_FromStringAndSize(NULL, header_length + view.len)
+        memcpy(PyBytes_AS_STRING(result), out, header_length)
+        memcpy(PyBytes_AS_STRING(result) + header_length, view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return result
+
+
+def envelope_frame_header(kind, seq, body_length):
+    """The unmasked FIN binary WebSocket frame header for the envelope, then the envelope header.
+
+    Send it followed by the body bytes (``sendmsg([header, body])``): the body is never copied.
+    """
+    cdef unsigned char header[_ENV_MAX_FRAME_AND_HEADER_BYTES]
+    cdef unsigned char out[_ENV_MAX_FRAME_AND_HEADER_BYTES + 10]
+    cdef Py_ssize_t header_length, frame_length
+    cdef uint64_t payload_length
+    if not _env_is_int(body_length) or _env_is_bool(body_length):
+        raise TypeError(f"body_length must be int, not {type(body_length).__name__}")
+    if body_length < 0:
+        raise LocalProtocolError(f"negative body length {body_length}")
+    header_length = _env_write_header(header, kind, seq)
+    if body_length > _ENV_MAX_FRAME_PAYLOAD_BYTES - <uint64_t>header_length:
+        raise LocalProtocolError(f"frame payload of {header_length + body_length} bytes is too long")
+    payload_length = <uint64_t>body_length + <uint64_t>header_length
+    out[0] = 0x82
+    if payload_length < 126:
+        out[1] = <unsigned char>payload_length
+        frame_length = 2
+    elif payload_length <= 0xffff:
+        out[1] = 126
+        _env_put_uint(out + 2, payload_length, 2)
+        frame_length = 4
+    else:
+        out[1] = 127
+        _env_put_uint(out + 2, payload_length, 8)
+        frame_length = 10
+    memcpy(out + frame_length, header, header_length)
+    return PyBytes_FromStringAndSize(<char*>out, frame_length + header_length)
+
+
+cdef Py_ssize_t _env_skip_one_object(const unsigned char* p, Py_ssize_t pos,
+                                     Py_ssize_t end) except -1:
+    """The offset just past the one msgpack object at ``pos``; walks with a pending-object count."""
+    cdef uint64_t pending = 1
+    cdef uint64_t length
+    cdef unsigned char marker
+    cdef int width
+    while pending:
+        # Every pending object needs at least one byte: refuse count bombs before walking them.
+        if pending > <uint64_t>(end - pos):
+            raise EnvelopeError("truncated envelope body")
+        pending -= 1
+        marker = p[pos]
+        pos += 1
+        if marker < 0x80 or marker >= 0xe0:  # positive / negative fixint
+            continue
+        if marker < 0x90:  # fixmap
+            pending += 2 * (marker & 0x0f)
+            continue
+        if marker < 0xa0:  # fixarray
+            pending += marker & 0x0f
+            continue
+        if marker < 0xc0:  # fixstr
+            length = marker & 0x1f
+        elif marker == 0xc0 or marker == 0xc2 or marker == 0xc3:  # nil, false, true
+            continue
+        elif marker == 0xc1:
+            raise EnvelopeError("reserved byte 0xc1 in the envelope body")
+        elif marker <= 0xc6 or (0xd9 <= marker <= 0xdb):  # bin8/16/32, str8/16/32
+            width = 1 << ((marker - 0xc4) if marker <= 0xc6 else (marker - 0xd9))
+            if width > end - pos:
+                raise EnvelopeError("truncated envelope body")
+            length = _env_uint(p + pos, width)
+            pos += width
+        elif marker <= 0xc9:  # ext8/16/32: the type byte is not counted in the length
+            width = 1 << (marker - 0xc7)
+            if width > end - pos:
+                raise EnvelopeError("truncated envelope body")
+            length = _env_uint(p + pos, width) + 1
+            pos += width
+        elif marker == 0xca:  # float32
+            length = 4
+        elif marker == 0xcb:  # float64
+            length = 8
+        elif marker <= 0xcf:  # uint8..64
+            length = 1 << (marker - 0xcc)
+        elif marker <= 0xd3:  # int8..64
+            length = 1 << (marker - 0xd0)
+        elif marker <= 0xd8:  # fixext 1/2/4/8/16, plus the type byte
+            length = (1 << (marker - 0xd4)) + 1
+        else:  # array16/32, map16/32
+            width = 2 if (marker == 0xdc or marker == 0xde) else 4
+            if width > end - pos:
+                raise EnvelopeError("truncated envelope body")
+            length = _env_uint(p + pos, width)
+            pos += width
+            pending += length if marker <= 0xdd else 2 * length
+            continue
+        if length > <uint64_t>(end - pos):
+            raise EnvelopeError("truncated envelope body")
+        pos += <Py_ssize_t>length
+    return pos
+
+
+cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end):
+    cdef Py_ssize_t pos
+    cdef Py_ssize_t kind_length
+    cdef unsigned char marker
+    cdef int width
+    cdef uint64_t seq
+    cdef bint negative = False
+    cdef long long signed_seq
+    cdef object kind
+    if end == 0:
+        raise EnvelopeError("truncated envelope: empty message")
+    marker = p[0]
+    if marker == 0x93:
+        pos = 1
+    elif marker == 0xdc or marker == 0xdd:
+        width = 2 if marker == 0xdc else 4
+        if end < 1 + width:
+            raise EnvelopeError("truncated envelope: array header cut short")
+        if _env_uint(p + 1, width) != 3:
+            raise EnvelopeError("envelope is not an array of 3")
+        pos = 1 + width
+    else:
+        raise EnvelopeError("envelope is not an array of 3")
+
+    # kind
+    if pos >= end:
+        raise EnvelopeError("truncated envelope: no kind")
+    marker = p[pos]
+    if 0xa0 <= marker <= 0xbf:
+        kind_length = marker & 0x1f
+        pos += 1
+    elif 0xd9 <= marker <= 0xdb:
+        width = 1 << (marker - 0xd9)
+        if width >= end - pos:
+            raise EnvelopeError("truncated envelope: kind length cut short")
+        if _env_uint(p + pos + 1, width) > <uint64_t>(end - pos - 1 - width):
+            raise EnvelopeError("truncated envelope: kind cut short")
+        kind_length = <Py_ssize_t>_env_uint(p + pos + 1, width)
+        pos += 1 + width
+    elif marker == 0xc1:
+        raise EnvelopeError("reserved byte 0xc1 as the envelope kind")
+    else:
+        raise EnvelopeError("bad envelope kind: not a msgpack str")
+    if kind_length > end - pos:
+        raise EnvelopeError("truncated envelope: kind cut short")
+    if kind_length < 1 or kind_length > _ENV_MAX_KIND_BYTES:
+        raise EnvelopeError(f"bad envelope kind: {kind_length} bytes, not 1 to {MAX_KIND_BYTES}")
+    try:
+        kind = PyUnicode_DecodeUTF8(<const char*>(p + pos), kind_length, NULL)
+    except UnicodeDecodeError:
+        raise EnvelopeError("bad envelope kind: not valid UTF-8")
+    pos += kind_length
+
+    # seq
+    if pos >= end:
+        raise EnvelopeError("truncated envelope: no seq")
+    marker = p[pos]
+    if marker < 0x80:
+        seq = marker
+        pos += 1
+    elif 0xcc <= marker <= 0xd3:  # uint8..64, int8..64
+        width = 1 << ((marker - 0xcc) if marker <= 0xcf else (marker - 0xd0))
+        if width >= end - pos:
+            raise EnvelopeError("truncated envelope: seq cut short")
+        seq = _env_uint(p + pos + 1, width)
+        if marker >= 0xd0 and (p[pos + 1] & 0x80):
+            negative = True
+        pos += 1 + width
+    elif marker >= 0xe0:
+        raise EnvelopeError(f"bad envelope seq: negative ({<int>marker - 0x100})")
+    elif marker == 0xc1:
+        raise EnvelopeError("reserved byte 0xc1 as the envelope seq")
+    else:
+        raise EnvelopeError("bad envelope seq: not a msgpack int")
+    if negative:
+        signed_seq = <long long>seq if width == 8 else <long long>seq - (1LL << (8 * width))
+        raise EnvelopeError(f"bad envelope seq: negative ({signed_seq})")
+
+    if pos >= end:
+        raise EnvelopeError("truncated envelope: no body")
+    cdef Py_ssize_t body_end = _env_skip_one_object(p, pos, end)
+    if body_end != end:
+        raise EnvelopeError(f"trailing bytes after the envelope body: {end - body_end}")
+    return (kind, seq, pos)
+
+
+def peek_envelope(data):
+    """Check that ``data`` is exactly one ``[kind, seq, body]`` envelope; return
+    ``(kind, seq, body_offset)`` where ``data[body_offset:]`` is the body.
+
+    Nothing of the body is copied or decoded, and the buffer of ``data`` is released before this
+    returns, so nothing here outlives the call.  Raises ``EnvelopeError`` (close code 1007).
+    """
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return _env_peek(<const unsigned char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
