@@ -1,0 +1,1 @@
+"""relay's benchmark suites: ``python -m benchmarks`` lists them.  See benchmarks/README.md."""

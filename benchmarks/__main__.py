@@ -1,0 +1,39 @@
+"""``python -m benchmarks``: list the suites; ``python -m benchmarks SUITE [options]``: run one."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: suite name -> (module with a ``main(argv) -> int``, what it measures)
+SUITES = {
+    "fastpath": ("benchmarks.fastpath",
+                 "relay's Cython and pure twins vs wsproto, websockets, SimpleCookie and "
+                 "cassandra-driver: frame decoding, unmasking, frame encoding, cookies, tokens"),
+    "fanout": ("benchmarks.fanout",
+               "1 master -> N slaves through relay vs picows, websockets, aiohttp (uvloop) and "
+               "trio-websocket: messages/s, GB/s, latency, CPU, RSS"),
+}
+
+
+def print_suites() -> None:
+    print("usage: python -m benchmarks SUITE [--help | suite options]\n\nsuites:")
+    for name, (_, description) in SUITES.items():
+        print(f"  {name:<10} {description}")
+    print("\nResults are saved under benchmarks/results/ (see benchmarks/README.md).")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "list"):
+        print_suites()
+        return 0
+    name, *rest = argv
+    if name not in SUITES:
+        print(f"unknown suite {name!r}\n", file=sys.stderr)
+        print_suites()
+        return 2
+    return importlib.import_module(SUITES[name][0]).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
