@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
@@ -30,6 +31,10 @@ class Metrics:
         self.slow_closed = Counter("relay_slow_slaves_closed", "Slaves closed with 1013", registry=registry)
         self.forwarded = Counter("relay_forwarded_requests", "Requests routed to another node", registry=registry)
         self.failovers = Counter("relay_failovers", "Sessions taken over from a dead node", registry=registry)
+        self.tasks = Gauge("relay_trio_tasks", "trio tasks alive in this process (leak detection)",
+                           registry=registry)
+        self.tasks.set_function(count_trio_tasks)
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_open_fds, ...
         self._in_children = {}
 
     def message_in(self, role: str, size: int) -> None:
@@ -44,3 +49,19 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def count_trio_tasks() -> int:
+    """Every task under trio's root task (0 outside trio)."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return 0
+    count = 0
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
