@@ -151,8 +151,9 @@ class Config:
         """Raise ConfigError for settings that cannot work together."""
         for name in ("listen", "private_listen"):
             parse_hostport(getattr(self, name), setting=name)
-        if not self.node_name or any(c in self.node_name for c in ';,=" \t\r\n'):
-            raise ConfigError("node_name must be non-empty and fit in a cookie value")
+        if not self.node_name:
+            raise ConfigError("node_name must not be empty")
+        self.set_cookie_value()  # node_name and cookie settings must make a safe Set-Cookie header
         positive = [
             "max_message_bytes", "max_header_bytes", "slave_queue_bytes", "backlog_bytes",
             "history_hard_limit_bytes", "max_slaves_per_session", "max_sessions", "max_connections",
@@ -175,6 +176,20 @@ class Config:
             raise ConfigError("cookie_same_site must be Strict, Lax, None or unset")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError("log_level must be debug, info, warning, error or critical")
+
+
+    def set_cookie_value(self) -> str:
+        """The Set-Cookie value of the sticky routing cookie (this node's name)."""
+        from relay._accel import build_set_cookie
+        from relay._errors import CookieError
+
+        try:
+            return build_set_cookie(
+                self.cookie_name, self.node_name, path="/", secure=self.cookie_secure,
+                http_only=self.cookie_http_only, same_site=self.cookie_same_site,
+                partitioned=self.cookie_partitioned)
+        except CookieError as exc:
+            raise ConfigError(f"node_name or cookie settings cannot make a safe cookie: {exc}") from None
 
 
 def _is_hook(f: dataclasses.Field) -> bool:

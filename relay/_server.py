@@ -22,7 +22,6 @@ import h11
 import msgpack
 import trio
 
-from relay._accel import build_set_cookie
 from relay._config import Config, JoinRequest, parse_hostport
 from relay._endpoint import SessionSocketHandler, deliver_envelope
 from relay._errors import EnvelopeError
@@ -84,11 +83,7 @@ class Server:
         self._no_connections = trio.Event()
         self._no_connections.set()
         self._listeners: list = []
-        self._cookie_header = build_set_cookie(
-            config.cookie_name, config.node_name, path="/", secure=config.cookie_secure,
-            http_only=config.cookie_http_only, same_site=config.cookie_same_site,
-            partitioned=config.cookie_partitioned,
-        )
+        self._cookie_header = config.set_cookie_value()
 
     # ------------------------------------------------------------------ lifecycle
 
