@@ -7,6 +7,7 @@ single node owns everything.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import logging
 import secrets
@@ -39,6 +40,7 @@ class SessionHost:
         self._observer = observer
         self._nursery: Optional[trio.Nursery] = None
         self.ended_count = 0
+        self.ended_stats = collections.Counter()  # Session.stats of ended sessions, for metrics
 
     def mint_id(self) -> str:
         for _ in range(MAX_MINT_ATTEMPTS):
@@ -69,6 +71,7 @@ class SessionHost:
         del self.sessions[session.id]
         session.end(reason, code=code)
         self.ended_count += 1
+        self.ended_stats.update(session.stats)
         log.info("session ended session=%s reason=%s", session.id, reason)
         self.call_hook(self.config.on_session_ended, session.id, reason)
 

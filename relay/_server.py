@@ -76,8 +76,8 @@ class Server:
     def __init__(self, config: Config) -> None:
         config.validate()
         self.config = config
-        self.metrics = Metrics(lambda: len(self.host.sessions))
         self.host = SessionHost(config, observer=self._observe)
+        self.metrics = Metrics(lambda: self.host.sessions.values(), self.host.ended_stats)
         self.connections = 0
         self.shutting_down = False
         self._no_connections = trio.Event()
@@ -126,7 +126,7 @@ class Server:
         log.info("shutdown complete (%d connections left)", self.connections)
 
     def _observe(self, session: Session, kind: str, seq: int, size: int) -> None:
-        self.metrics.messages_published.labels(kind).inc()
+        self.metrics.published[kind] += 1
         hook = self.config.on_message
         if hook is not None:
             self.host.call_hook(hook, session.id, kind, seq, size)
@@ -252,7 +252,6 @@ class Server:
         scheme = http.header(b"x-forwarded-proto") or "http"
         if host is not None and origin.lower() == f"{scheme}://{host}".lower():
             return
-        self.metrics.handshake_failures.labels("origin").inc()
         raise HTTPError(403, "origin-not-allowed", f"origin {origin!r} is not allowed")
 
     def _session_or_404(self, session_id: str) -> Session:
@@ -369,8 +368,6 @@ class Server:
             gauge.dec()
             if connection.close_code is not None:
                 self.metrics.closes.labels(str(connection.close_code)).inc()
-            if peer.close_code == 1013:
-                self.metrics.slow_closed.inc()
             log.info("ws closed conn=%s session=%s code=%s peer_code=%s", connection_id, session.id,
                      connection.close_code, connection.peer_close_code)
 

@@ -259,7 +259,7 @@ class Session:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
 
     def poll_peers(self) -> list:
-        return [peer for peer in self._peers() if peer.transport == "poll"]
+        return [peer for peer in self.peers() if peer.transport == "poll"]
 
     def slaves_connected(self) -> int:
         return sum(1 for record in self.slaves.values() if record.peer is not None)
@@ -270,7 +270,7 @@ class Session:
             return
         self._broadcast_presence({"event": "ended", "reason": reason})
         self.ended = reason
-        for peer in self._peers():
+        for peer in self.peers():
             peer.close(code, f"session ended: {reason}")
         self.history.clear()
         self.history_bytes = 0
@@ -321,12 +321,18 @@ class Session:
         self.seq += 1
         message = Outgoing(kind, self.seq, body)
         self._remember(message)
+        receivers = 0
         for record in self.slaves.values():
             if record.peer is not None:
                 self._deliver(record.peer, message)
+                receivers += 1
         master = self.master
         if master is not None and master is not sender:
             master.push(message)  # the master is never dropped from: it is the session's source
+            receivers += 1
+        stats = self.stats
+        stats["messages_out"] += receivers
+        stats["bytes_out"] += receivers * message.size
         if self._observer is not None:
             self._observer(self, kind, message.seq, message.size)
         return message
@@ -341,6 +347,8 @@ class Session:
         self.inbox_seq += 1
         message = Outgoing(kind, self.inbox_seq, body)
         master.push(message)
+        self.stats["messages_out"] += 1
+        self.stats["bytes_out"] += message.size
         if self._observer is not None:
             self._observer(self, kind, message.seq, message.size)
 
@@ -448,7 +456,7 @@ class Session:
             ]
         return hello
 
-    def _peers(self):
+    def peers(self):
         if self.master is not None:
             yield self.master
         for record in self.slaves.values():

@@ -82,17 +82,40 @@ class WebSocketConnection:
         self.bytes_in = 0
         self.messages_in = 0
         self._wake = trio.Event()
+        self._writer_waiting = False
+        self._deadline_armed = False
+        self._nursery: Optional[trio.Nursery] = None
         self._cancel_scope: Optional[trio.CancelScope] = None
         outbox.wakeup = self._notify
 
     def _notify(self) -> None:
-        self._wake.set()
+        # Called for every message queued to this connection: only a waiting writer needs the
+        # (comparatively costly) Event.set.
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake.set()
+        if self.outbox.close_code is not None or self.close_code is not None:
+            self._arm_close_deadline()
+
+    def _arm_close_deadline(self) -> None:
+        """Once a close is decided, the connection ends within CLOSE_HANDSHAKE_TIMEOUT_S even if
+        the peer stopped reading (a writer blocked on a full socket would otherwise wait forever)."""
+        if not self._deadline_armed and self._nursery is not None:
+            self._deadline_armed = True
+            self._nursery.start_soon(self._close_deadline)
+
+    async def _close_deadline(self) -> None:
+        await trio.sleep(CLOSE_HANDSHAKE_TIMEOUT_S)
+        self._finish()
 
     async def run(self) -> None:
         try:
             with trio.CancelScope() as scope:
                 self._cancel_scope = scope
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self.outbox.close_code is not None:
+                        self._arm_close_deadline()
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._keepalive)
@@ -224,6 +247,7 @@ class WebSocketConnection:
                     return
                 if not buffers and not control and not outbox.queue:
                     self._wake = trio.Event()
+                    self._writer_waiting = True
                     await self._wake.wait()
         except Broken:
             self._finish()
