@@ -72,6 +72,8 @@ class SessionHost:
         session.end(reason, code=code)
         self.ended_count += 1
         self.ended_stats.update(session.stats)
+        self.ended_stats["messages_out"] += session.messages_out
+        self.ended_stats["bytes_out"] += session.bytes_out
         log.info("session ended session=%s reason=%s", session.id, reason)
         self.call_hook(self.config.on_session_ended, session.id, reason)
 

@@ -90,6 +90,8 @@ class _HotCollector:
         queued = 0
         for session in sessions:
             totals.update(session.stats)
+            totals["messages_out"] += session.messages_out
+            totals["bytes_out"] += session.bytes_out
             for peer in session.peers():
                 queued += peer.queued_bytes
         yield CounterMetricFamily("relay_messages_out", "Messages queued to receivers (one per receiver)",

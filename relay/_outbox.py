@@ -2,7 +2,7 @@
 
 Every queued item has ``head`` and ``body`` (sent back to back, as two iovecs of one sendmsg),
 ``size`` (their total length) and ``seq``.  The queue itself never drops anything: the policy for
-a full queue belongs to whoever pushes (see Session._deliver).
+a full queue belongs to whoever pushes (see Session._publish and _deliver_past_bound).
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class Peer(Outbox):
     """One client endpoint in a session: an :class:`Outbox` with the client's role.
 
     Master-bound and relay messages are never dropped; the slow-slave policy of
-    :meth:`Session._deliver` applies to slaves only.
+    :meth:`Session._deliver_past_bound` applies to slaves only.
     """
 
     __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event")
@@ -176,7 +176,10 @@ class Session:
         self.last_activity = now
         self.ended: Optional[str] = None
         self._observer = observer  # (session, kind, seq, size) -> None, for hooks and metrics
-        self.stats = collections.Counter()
+        self.stats = collections.Counter()  # rare events, by name (see relay._metrics.SESSION_STATS)
+        self.messages_out = 0  # messages queued to receivers, one per receiver
+        self.bytes_out = 0
+        self._slave_peers: list = []  # the connected slaves' peers, in join order: the fan-out list
 
     # ------------------------------------------------------------------ membership
 
@@ -225,9 +228,12 @@ class Session:
         previous = record.peer
         if previous is not None:
             previous.close(CLOSE_REPLACED, "replaced by a newer connection of this slave")
+        if previous in self._slave_peers:
+            self._slave_peers.remove(previous)
         record.peer = peer
         peer.slave = record
         peer.session = self
+        self._slave_peers.append(peer)
         self.last_activity = now
         catchup, messages = self._catch_up(after, epoch)
         peer.push(relay_message("hello", self._hello(Role.SLAVE, record, catchup)))
@@ -255,6 +261,7 @@ class Session:
         elif peer.slave is not None and peer.slave.peer is peer:
             record = peer.slave
             record.peer = None
+            self._slave_peers.remove(peer)
             if not self.ended:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
 
@@ -321,18 +328,23 @@ class Session:
         self.seq += 1
         message = Outgoing(kind, self.seq, body)
         self._remember(message)
+        size = message.size
         receivers = 0
-        for record in self.slaves.values():
-            if record.peer is not None:
-                self._deliver(record.peer, message)
+        for peer in self._slave_peers:
+            # The common case inline (this loop runs for every slave of every message).
+            if peer.close_code is None and peer.queued_bytes + size <= peer.limit:
+                peer.queue.append(message)
+                peer.queued_bytes += size
+                peer.wakeup()
+                receivers += 1
+            elif self._deliver_past_bound(peer, message):
                 receivers += 1
         master = self.master
         if master is not None and master is not sender:
             master.push(message)  # the master is never dropped from: it is the session's source
             receivers += 1
-        stats = self.stats
-        stats["messages_out"] += receivers
-        stats["bytes_out"] += receivers * message.size
+        self.messages_out += receivers
+        self.bytes_out += receivers * size
         if self._observer is not None:
             self._observer(self, kind, message.seq, message.size)
         return message
@@ -347,8 +359,8 @@ class Session:
         self.inbox_seq += 1
         message = Outgoing(kind, self.inbox_seq, body)
         master.push(message)
-        self.stats["messages_out"] += 1
-        self.stats["bytes_out"] += message.size
+        self.messages_out += 1
+        self.bytes_out += message.size
         if self._observer is not None:
             self._observer(self, kind, message.seq, message.size)
 
@@ -376,18 +388,17 @@ class Session:
             self.history_complete = False
             self.stats["history_cut"] += 1
 
-    def _deliver(self, peer: Peer, message: Outgoing) -> None:
-        """Queue for one slave; a slave past its byte bound is resynced, then closed with 1013."""
+    def _deliver_past_bound(self, peer: Peer, message: Outgoing) -> bool:
+        """A slave that is closing, or whose queue would pass its byte bound: resync it (the
+        catch-up includes ``message``), or close it with 1013 if it is already catching up.
+        Returns whether ``message`` was queued for it."""
         if peer.closing:
-            return
-        if peer.queued_bytes + message.size <= peer.limit:
-            peer.push(message)
-            return
+            return False
         if peer.resync_pending:
             self.stats["slow_closed"] += 1
             peer.clear()
             peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
-            return
+            return False
         # ``message`` is already in the history, so the catch-up below includes it.
         self.stats["resyncs"] += 1
         peer.clear()
@@ -400,6 +411,8 @@ class Session:
             self.stats["slow_closed"] += 1
             peer.clear()
             peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
+            return False
+        return True
 
     def _set_mode(self, body) -> Optional[Outgoing]:
         try:
