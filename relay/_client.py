@@ -191,7 +191,14 @@ class ClientConnection:
         self.closed = False
         self._send_lock = trio.Lock()
         if leftover:
+            # Frames that arrived with the 101 response must be read now: receive_frame only asks
+            # the decoder for events after the next recv, which may never come.
             self.decoder.feed(leftover)
+            while True:
+                event = self.decoder.next_event()
+                if event is None:
+                    break
+                self.pending.append(event)
 
     @classmethod
     async def open(cls, host: str, port: int, target: str, *, headers=(),

@@ -33,6 +33,14 @@ class HTTPError(Exception):
         self.headers = list(headers)
 
 
+def _head_size(request: h11.Request) -> int:
+    """The size of the request head as sent (request line, header lines, CRLFs)."""
+    size = len(request.method) + len(request.target) + len(b" HTTP/1.1\r\n\r\n") + 1
+    for name, value in request.headers:
+        size += len(name) + len(value) + len(b": \r\n")
+    return size
+
+
 def json_body(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -41,6 +49,7 @@ class HTTPConnection:
     def __init__(self, sock: socket.socket, *, max_header_bytes: int) -> None:
         self.sock = sock
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.max_header_bytes = max_header_bytes
         self.yielder = Yielder()
         self.request: Optional[h11.Request] = None
 
@@ -79,6 +88,11 @@ class HTTPConnection:
         except Broken:
             return None
         if isinstance(event, h11.Request):
+            # h11 bounds only a head that is still incomplete: one that arrived whole in a single
+            # read is parsed at any size, so the limit is checked again on the parsed head.
+            if _head_size(event) > self.max_header_bytes:
+                await self.try_error(431, "header-too-large", "request head over the size limit")
+                return None
             self.request = event
             return event
         return None  # ConnectionClosed or anything else: the client is done
