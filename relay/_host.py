@@ -65,11 +65,11 @@ class SessionHost:
             return None
         return session
 
-    def end(self, session: Session, reason: str, *, code: int = CLOSE_SESSION_ENDED) -> None:
+    def end(self, session: Session, reason: str, *, code: int = CLOSE_SESSION_ENDED, announce: bool = True) -> None:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]
-        session.end(reason, code=code)
+        session.end(reason, code=code, announce=announce)
         self.ended_count += 1
         self.ended_stats.update(session.stats)
         self.ended_stats["messages_out"] += session.messages_out
@@ -77,9 +77,9 @@ class SessionHost:
         log.info("session ended session=%s reason=%s", session.id, reason)
         self.call_hook(self.config.on_session_ended, session.id, reason)
 
-    def end_all(self, reason: str, code: int) -> None:
+    def end_all(self, reason: str, code: int, *, announce: bool = True) -> None:
         for session in list(self.sessions.values()):
-            self.end(session, reason, code=code)
+            self.end(session, reason, code=code, announce=announce)
 
     def call_hook(self, hook, *args) -> None:
         """Run a plain or async hook without letting it break the relay."""

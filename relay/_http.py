@@ -7,6 +7,7 @@ this module adds the timeouts, the body limit and JSON error responses
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from typing import Iterable, Optional
@@ -25,12 +26,14 @@ SERVER_HEADER = b"relay"
 class HTTPError(Exception):
     """An HTTP error response to send: status, machine-readable code, human message."""
 
-    def __init__(self, status: int, code: str, message: str, headers: Iterable = ()) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Iterable = (), *,
+                 details: Optional[dict] = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = list(headers)
+        self.details = details or {}  # more JSON fields (e.g. the close code behind a long-poll 410)
 
 
 def _head_size(request: h11.Request) -> int:
@@ -52,6 +55,7 @@ class HTTPConnection:
         self.max_header_bytes = max_header_bytes
         self.yielder = Yielder()
         self.request: Optional[h11.Request] = None
+        self.response_headers: list = []  # added to every response to the current request (CORS)
 
     async def _receive_event(self):
         while True:
@@ -94,6 +98,7 @@ class HTTPConnection:
                 await self.try_error(431, "header-too-large", "request head over the size limit")
                 return None
             self.request = event
+            self.response_headers = []
             return event
         return None  # ConnectionClosed or anything else: the client is done
 
@@ -141,7 +146,7 @@ class HTTPConnection:
             (b"cache-control", b"no-store"),
         ]
         response_headers.extend((k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v)
-                                for k, v in headers)
+                                for k, v in itertools.chain(self.response_headers, headers))
         if self.conn.their_state is not h11.DONE:
             # We answer before reading the whole body (an error): do not try to reuse the connection.
             response_headers.append((b"connection", b"close"))
@@ -154,7 +159,8 @@ class HTTPConnection:
         await self.respond(status, json_body(obj), headers=headers)
 
     async def respond_error(self, error: HTTPError) -> None:
-        await self.respond_json(error.status, {"error": error.code, "message": error.message}, headers=error.headers)
+        await self.respond_json(error.status, {"error": error.code, "message": error.message, **error.details},
+                                headers=error.headers)
 
     async def try_error(self, status: int, code: str, message: str) -> None:
         try:

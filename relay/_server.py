@@ -39,6 +39,7 @@ __all__ = ["serve", "serve_echo", "Listening", "Server"]
 log = logging.getLogger("relay.server")
 
 API_BODY_BYTES = 64 * 1024  # JSON bodies of create/join
+CORS_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
 LISTEN_BACKLOG = 1024
 SHUTDOWN_CLOSE_CODE = CLOSE_SERVICE_RESTART  # clients reconnect (through the LB) elsewhere
 STATIC_FILES = {
@@ -120,7 +121,8 @@ class Server:
         self.shutting_down = True
         for sock in self._listeners:
             close_socket(sock)
-        self.host.end_all("node shutting down", code=SHUTDOWN_CLOSE_CODE)
+        # Not announced as "ended": in a cluster the session goes on on the next replica.
+        self.host.end_all("node shutting down", code=SHUTDOWN_CLOSE_CODE, announce=False)
         with trio.move_on_after(self.config.shutdown_grace_s):
             await self._no_connections.wait()
         log.info("shutdown complete (%d connections left)", self.connections)
@@ -207,6 +209,9 @@ class Server:
         if len(parts) < 2 or parts[0] != "cobrowse":
             raise HTTPError(404, "not-found", "no such resource")
         self._check_origin(http)
+        if method == b"OPTIONS":
+            await self._preflight(http)
+            return False
         if parts[1] == "sessions":
             if len(parts) == 2 and method == b"POST":
                 await self._create_session(http)
@@ -241,18 +246,36 @@ class Server:
         return False
 
     def _check_origin(self, http: HTTPConnection) -> None:
-        """SPEC 6: no Origin, the relay's own origin, or a configured one; 403 otherwise."""
+        """SPEC 6: no Origin, the relay's own origin, or a configured one; 403 otherwise.
+
+        An allowed cross-origin caller also gets the CORS headers that let a page on that origin
+        read the answer and keep the sticky cookie (credentials).
+        """
         origin = http.header(b"origin")
         if origin is None:
-            return
-        allowed = self.config.allowed_origins
-        if "*" in allowed or origin in allowed:
             return
         host = http.header(b"host")
         scheme = http.header(b"x-forwarded-proto") or "http"
         if host is not None and origin.lower() == f"{scheme}://{host}".lower():
             return
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin in allowed:
+            http.response_headers = [
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-credentials", "true"),
+                ("access-control-expose-headers", "x-relay-seq"),
+                ("vary", "Origin"),
+            ]
+            return
         raise HTTPError(403, "origin-not-allowed", f"origin {origin!r} is not allowed")
+
+    async def _preflight(self, http: HTTPConnection) -> None:
+        """A CORS preflight from an allowed origin (the origin was checked before)."""
+        await http.respond(204, content_type="text/plain", headers=[
+            ("access-control-allow-methods", "GET, POST, DELETE"),
+            ("access-control-allow-headers", "content-type, authorization"),
+            ("access-control-max-age", str(CORS_MAX_AGE_S)),
+        ])
 
     def _session_or_404(self, session_id: str) -> Session:
         session = self.host.get(session_id)
@@ -408,7 +431,8 @@ class Server:
         batch = peer.take_batch(max_bytes=self.config.max_message_bytes)
         if not batch and peer.closing:
             session.detach(peer, trio.current_time())
-            raise HTTPError(410, "closed", peer.close_reason or "this long-poll client was closed")
+            raise HTTPError(410, "closed", peer.close_reason or "this long-poll client was closed",
+                            details={"close_code": peer.close_code})
         parts = []
         for message in batch:
             parts.extend(message.envelope())
@@ -419,7 +443,11 @@ class Server:
         session = self._session_or_404(session_id)
         role, record = self._authenticate(session, query.get("token"))
         body = await http.read_body(self.config.poll_body_bytes, self.config.handshake_timeout_s)
-        peer = self._poll_peer(session, role, record, None, None)
+        current = session.master if role is Role.MASTER else record.peer
+        if current is not None and not current.closing:
+            peer = current  # a client that receives on a WebSocket may still send by POST
+        else:
+            peer = self._poll_peer(session, role, record, None, None)
         count = 0
         try:
             for envelope in split_envelopes(body):

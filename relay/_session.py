@@ -271,14 +271,16 @@ class Session:
     def slaves_connected(self) -> int:
         return sum(1 for record in self.slaves.values() if record.peer is not None)
 
-    def end(self, reason: str, *, code: int = CLOSE_SESSION_ENDED) -> None:
-        """End the session: tell every peer, then close them with ``code``."""
+    def end(self, reason: str, *, code: int = CLOSE_SESSION_ENDED, announce: bool = True) -> None:
+        """End the session here: tell every peer (unless ``announce`` is False: a node shutting
+        down, after which the session may go on elsewhere), then close them with ``code``."""
         if self.ended:
             return
-        self._broadcast_presence({"event": "ended", "reason": reason})
+        if announce:
+            self._broadcast_presence({"event": "ended", "reason": reason})
         self.ended = reason
         for peer in self.peers():
-            peer.close(code, f"session ended: {reason}")
+            peer.close(code, f"session ended: {reason}" if announce else reason)
         self.history.clear()
         self.history_bytes = 0
 

@@ -9,6 +9,7 @@ import trio
 import relay
 from relay._accel import OP_PING, OP_PONG, encode_client_frame
 from helpers import (
+    ConnectionClosed,
     HTTPStatusError,
     RawSocket,
     State,
@@ -18,6 +19,7 @@ from helpers import (
     recv_until,
     running_relay,
     test_config,
+    unpack,
     ws_target,
 )
 
@@ -186,9 +188,16 @@ async def test_graceful_shutdown_closes_clients_1012_within_grace():
             # a client that never answers the close handshake must not hold the shutdown past the grace
             stuck = await RawSocket.open(listening.public_port, ws_target(sid, stuck_join["slave_token"]))
             codes = []
+            events = []
 
             async def watch(conn):
-                codes.append(await expect_close(conn))
+                try:
+                    while True:
+                        envelope = await conn.receive()
+                        if envelope.kind == "presence":
+                            events.append(unpack(envelope.body)["event"])
+                except ConnectionClosed as closed:
+                    codes.append(closed.code)
 
             nursery.start_soon(watch, master)
             nursery.start_soon(watch, slave)
@@ -197,5 +206,8 @@ async def test_graceful_shutdown_closes_clients_1012_within_grace():
             shutdown.set()
         elapsed = trio.current_time() - start
     assert codes == [1012, 1012]
-    assert elapsed <= grace + 0.5
+    # A node going away does not end the session for its clients: in a cluster it goes on elsewhere.
+    assert "ended" not in events
+    # The stuck client would hold the shutdown until the close timeout (3 s); the grace cut it.
+    assert elapsed < grace + 1.5
     stuck.close()
