@@ -110,5 +110,11 @@ ENVELOPE_CASES = [
          why="fixext8 cut short"),
     dict(data=b"\x93\xa1k\x01\xcb\x00\x00", expected=("error", "truncated"),
          why="float64 cut short"),
+    # fuzz/fuzz_envelope.py: reserved ext types (-128..-2) are well-formed msgpack; the body is
+    # not interpreted, so they pass (msgpack-python's default ext hook would refuse them)
+    dict(data=b"\x93\xa1k\x01\xc7\x02\x98ab", expected=("ok", "k", 1, 4),
+         why="ext8 of reserved type -104 is accepted, ext types are not interpreted"),
+    dict(data=b"\x93\xa1k\x01\xd4\xfe\x00", expected=("ok", "k", 1, 4),
+         why="fixext1 of reserved type -2 is accepted"),
     dict(data=b"\x93\xa1k\x01\xa5abc", expected=("error", "truncated"), why="fixstr cut short"),
 ]
