@@ -11,13 +11,19 @@ import base64
 import binascii
 
 import h11
-from wsproto.utilities import generate_accept_token, split_comma_header
+from wsproto.utilities import generate_accept_token
 
 from relay._http import HTTPError
 
 __all__ = ["accept_headers", "is_upgrade_request"]
 
 WEBSOCKET_VERSION = b"13"
+
+
+def split_comma_header(value: bytes) -> list:
+    """Tokens of a comma-separated header value.  (wsproto's helper decodes as ASCII and raises on
+    the bytes 0x80-0xff that h11 lets through; latin-1 cannot fail, and no valid token uses them.)"""
+    return [piece.strip() for piece in value.decode("latin-1").split(",")]
 
 
 def _values(request: h11.Request, name: bytes) -> list:

@@ -191,9 +191,7 @@ class Server:
 
     async def _dispatch(self, http: HTTPConnection, request: h11.Request, public: bool, connection_id: str) -> bool:
         """Answer one request.  Returns True if the connection became a WebSocket."""
-        target = urlsplit(request.target.decode("latin-1"))
-        path = target.path
-        query = {key: values[0] for key, values in parse_qs(target.query).items()}
+        path, query = parse_target(request.target)
         method = request.method
         if path == "/health":
             await http.respond_json(200, {"status": "ok", "node": self.config.node_name,
@@ -482,12 +480,21 @@ def split_envelopes(body: bytes):
         raise EnvelopeError("the body ends in the middle of an envelope")
 
 
+def parse_target(target: bytes) -> tuple:
+    """(path, {name: first value}) of a request target; HTTPError 400 if it cannot be parsed."""
+    try:
+        parts = urlsplit(target.decode("latin-1"))
+    except ValueError:  # e.g. "//[x": h11 accepts it, urlsplit does not
+        raise HTTPError(400, "bad-request", "malformed request target") from None
+    return parts.path, {key: values[0] for key, values in parse_qs(parts.query).items()}
+
+
 def _resume_params(query: dict) -> tuple:
     def number(name):
         text = query.get(name)
         if text is None:
             return None
-        if not text.isdigit() or len(text) > 20:
+        if not (text.isascii() and text.isdigit()) or len(text) > 20:
             raise HTTPError(400, "bad-request", f"{name} must be a non-negative integer")
         return int(text)
 

@@ -176,3 +176,36 @@ async def test_bad_frames_get_their_close_code(name, frame, code):
             bad.close()
             await carries_on(ctx)
             assert ctx["server"].host.sessions[ctx["sid"]].master is not None
+
+
+async def _raw_status(port: int, request: bytes) -> int:
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", port))
+    await sock.send(request)
+    response = b""
+    while b"\r\n" not in response:
+        data = await sock.recv(4096)
+        if not data:
+            break
+        response += data
+    sock.close()
+    return int(response.split(b" ", 2)[1])
+
+
+async def test_fuzzer_findings_get_400_not_500():
+    """Regression cases found by fuzz/fuzz_http.py: each used to raise inside the server (500)."""
+    with trio.fail_after(10):
+        async with running_relay() as (_server, listening, client):
+            created, (joined,) = await new_session(client, slaves=1)
+            port = listening.public_port
+            sid, token = created["session"], joined["slave_token"]
+            # Non-ASCII digits pass str.isdigit() but not int().
+            status = await _raw_status(port, f"GET /cobrowse/poll/{sid}?token={token}&after=%C2%B2 HTTP/1.1\r\n"
+                                             f"Host: a\r\n\r\n".encode())
+            assert status == 400
+            # A target that h11 accepts and urlsplit refuses.
+            assert await _raw_status(port, b"GET //[x HTTP/1.1\r\nHost: a\r\n\r\n") == 400
+            # obs-text in Upgrade: not a WebSocket upgrade, so the WebSocket endpoint answers 426.
+            status = await _raw_status(port, f"GET /cobrowse/ws/{sid}?token={token} HTTP/1.1\r\nHost: a\r\n"
+                                             f"Upgrade: websoc\xe4et\r\nConnection: Upgrade\r\n\r\n".encode("latin-1"))
+            assert status == 426
