@@ -18,6 +18,7 @@ import trio
 from relay import __version__
 from relay._accel import implementation
 from relay._config import Config, ConfigError
+from relay._logging import configure_logging, log_event
 from relay._ring import Ring, evenly_spaced_tokens
 
 __all__ = ["main"]
@@ -51,6 +52,7 @@ SETTING_HELP = {
     "session_idle_timeout_s": "seconds without traffic before a session ends",
     "shutdown_grace_s": "seconds to let clients go on SIGTERM/SIGINT before closing the rest",
     "log_level": "debug, info, warning, error or critical",
+    "log_format": "text (key=value, one event per line) or json (one object per line)",
     "demo_pages": "serve the demo master/slave pages and client.js",
 }
 
@@ -112,7 +114,8 @@ async def _serve_until_signalled(config: Config) -> None:
                   f"http://{listening.public_host}:{listening.public_port}/cobrowse/master.html "
                   f"(private {listening.private_host}:{listening.private_port})", flush=True)
             async for signum in signals:
-                logging.getLogger("relay").info("signal %s: shutting down (grace %.0f s)", signum, config.shutdown_grace_s)
+                log_event(logging.getLogger("relay"), logging.INFO, "node.signal", signal=signal.Signals(signum).name,
+                          grace_s=config.shutdown_grace_s)
                 shutdown.set()
                 break
 
@@ -147,8 +150,7 @@ def main(argv: Optional[list] = None) -> int:
             config = load_config(args)
             if config.cluster is not None:
                 raise ConfigError("cluster mode (--cluster) is not available in this version yet")
-            logging.basicConfig(level=config.log_level.upper(),
-                                format="%(asctime)s %(levelname)s %(name)s %(message)s")
+            configure_logging(config.log_level, config.log_format)
             trio.run(_serve_until_signalled, config)
         elif args.command == "echo":
             from relay._server import serve_echo

@@ -105,6 +105,7 @@ class Config:
 
     # Operations.
     log_level: str = "info"
+    log_format: str = "text"  # "text" (key=value) or "json" (one object per line)
     demo_pages: bool = True
 
     # Hooks (embedders only).  Each may be a plain function or an async one.
@@ -176,6 +177,8 @@ class Config:
             raise ConfigError("cookie_same_site must be Strict, Lax, None or unset")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError("log_level must be debug, info, warning, error or critical")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
 
 
     def set_cookie_value(self) -> str:

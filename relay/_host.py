@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import trio
 
 from relay._config import Config
+from relay._logging import log_event
 from relay._session import CLOSE_SESSION_ENDED, Session
 
 __all__ = ["SessionHost", "LimitReached", "SESSION_ID_BYTES"]
@@ -55,7 +56,7 @@ class SessionHost:
         session = Session(self.mint_id(), self.config, chat=chat, now=trio.current_time(),
                           observer=self._observer)
         self.sessions[session.id] = session
-        log.info("session created session=%s chat=%s", session.id, chat)
+        log_event(log, logging.INFO, "session.created", session=session.id, chat=chat)
         self.call_hook(self.config.on_session_created, session.id, chat)
         return session
 
@@ -74,7 +75,8 @@ class SessionHost:
         self.ended_stats.update(session.stats)
         self.ended_stats["messages_out"] += session.messages_out
         self.ended_stats["bytes_out"] += session.bytes_out
-        log.info("session ended session=%s reason=%s", session.id, reason)
+        log_event(log, logging.INFO, "session.ended", session=session.id, reason=reason, seq=session.seq,
+                  messages_out=session.messages_out)
         self.call_hook(self.config.on_session_ended, session.id, reason)
 
     def end_all(self, reason: str, code: int, *, announce: bool = True) -> None:
@@ -88,7 +90,7 @@ class SessionHost:
         try:
             result = hook(*args)
         except Exception:
-            log.exception("hook %s failed", getattr(hook, "__name__", hook))
+            log.exception("hook.failed", extra={"relay_fields": {"hook": getattr(hook, "__name__", repr(hook))}})
             return
         if inspect.isawaitable(result) and self._nursery is not None:
             self._nursery.start_soon(_await_hook, result)
@@ -119,4 +121,4 @@ async def _await_hook(awaitable) -> None:
     try:
         await awaitable
     except Exception:
-        log.exception("async hook failed")
+        log.exception("hook.failed", extra={"relay_fields": {"hook": "async"}})

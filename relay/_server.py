@@ -28,6 +28,7 @@ from relay._errors import EnvelopeError
 from relay._handshake import accept_headers, is_upgrade_request
 from relay._host import LimitReached, SessionHost
 from relay._http import HTTPConnection, HTTPError
+from relay._logging import log_event
 from relay._metrics import CONTENT_TYPE_LATEST, Metrics
 from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
@@ -105,8 +106,8 @@ class Server:
                 await nursery.start(self.host.run_timers)
                 nursery.start_soon(self._accept_loop, public, True)
                 nursery.start_soon(self._accept_loop, private, False)
-                log.info("relay node %s listening on %s:%d (public) and %s:%d (private)",
-                         config.node_name, public_host, public_port, private_host, private_port)
+                log_event(log, logging.INFO, "node.listening", node=config.node_name,
+                          public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}")
                 task_status.started(Listening(public_host, public_port, private_host, private_port))
                 if shutdown is not None:
                     await shutdown.wait()
@@ -125,7 +126,7 @@ class Server:
         self.host.end_all("node shutting down", code=SHUTDOWN_CLOSE_CODE, announce=False)
         with trio.move_on_after(self.config.shutdown_grace_s):
             await self._no_connections.wait()
-        log.info("shutdown complete (%d connections left)", self.connections)
+        log_event(log, logging.INFO, "node.shutdown", connections_left=self.connections)
 
     def _observe(self, session: Session, kind: str, seq: int, size: int) -> None:
         self.metrics.published[kind] += 1
@@ -145,7 +146,7 @@ class Server:
                 except BlockingIOError:
                     break
                 except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                    log.warning("accept failed: %s", exc)
+                    log_event(log, logging.WARNING, "accept.failed", error=str(exc))
                     await trio.sleep(0.1)
                     break
                 sock.setblocking(False)
@@ -179,7 +180,7 @@ class Server:
             pass
         except Exception:
             # A bug must cost one connection, never the process or another client's session.
-            log.exception("internal error on connection %s", connection_id)
+            log.exception("internal.error", extra={"relay_fields": {"conn": connection_id}})
             await http.try_error(500, "internal-error", "internal error")
         finally:
             close_socket(sock)
@@ -382,15 +383,17 @@ class Server:
             peer.close(4002, "session ended")
         gauge = self.metrics.connections.labels(role.value, "ws")
         gauge.inc()
-        log.info("ws open conn=%s session=%s role=%s", connection_id, session.id, role.value)
+        log_event(log, logging.INFO, "ws.open", conn=connection_id, session=session.id, role=role.value,
+                  slave=record.slave_id if record is not None else None)
         try:
             await connection.run()
         finally:
             gauge.dec()
             if connection.close_code is not None:
                 self.metrics.closes.labels(str(connection.close_code)).inc()
-            log.info("ws closed conn=%s session=%s code=%s peer_code=%s", connection_id, session.id,
-                     connection.close_code, connection.peer_close_code)
+            log_event(log, logging.INFO, "ws.closed", conn=connection_id, session=session.id, role=role.value,
+                      code=connection.close_code, peer_code=connection.peer_close_code,
+                      reason=connection.close_reason or None)
 
     # ------------------------------------------------------------------ long-polling
 
