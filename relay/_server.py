@@ -22,6 +22,7 @@ import h11
 import msgpack
 import trio
 
+from relay._accel import implementation
 from relay._config import Config, JoinRequest, parse_hostport
 from relay._endpoint import SessionSocketHandler, deliver_envelope
 from relay._errors import EnvelopeError
@@ -107,7 +108,8 @@ class Server:
                 nursery.start_soon(self._accept_loop, public, True)
                 nursery.start_soon(self._accept_loop, private, False)
                 log_event(log, logging.INFO, "node.listening", node=config.node_name,
-                          public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}")
+                          public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}",
+                          implementation=implementation())
                 task_status.started(Listening(public_host, public_port, private_host, private_port))
                 if shutdown is not None:
                     await shutdown.wait()
