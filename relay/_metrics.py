@@ -24,6 +24,7 @@ SESSION_STATS = {
     "slow_closed": "Slaves closed with 1013 because they could not keep up after a resync",
     "refused": "Envelopes refused for the sender's role or mode (answered with an error envelope)",
     "dropped_to_master": "Slave events dropped because no master was connected or it did not read",
+    "dropped_stale": "Queued messages dropped from slow slaves' queues (replaced by a resync)",
     "snapshot_requests": "Fresh snapshots asked of masters because the backlog passed backlog_bytes",
     "history_cut": "Histories cut at history_hard_limit_bytes (late joiners wait for a snapshot)",
 }
@@ -35,8 +36,6 @@ class Metrics:
         self._sessions = sessions
         self._ended_stats = ended_stats
         self.registry = registry = CollectorRegistry(auto_describe=False)
-        self.connections = Gauge("relay_connections", "Open client connections", ["role", "transport"],
-                                 registry=registry)
         self.envelope_errors = Counter("relay_envelope_errors", "Malformed envelopes refused", registry=registry)
         self.closes = Counter("relay_closes", "WebSocket closes sent, by code", ["code"], registry=registry)
         self.handshake_failures = Counter("relay_handshake_failures", "Refused upgrades and API calls, by reason",
@@ -88,12 +87,20 @@ class _HotCollector:
         yield published
         totals = collections.Counter(metrics._ended_stats)
         queued = 0
+        clients = collections.Counter({(role, transport): 0 for role in ("master", "slave")
+                                       for transport in ("ws", "poll")})
         for session in sessions:
             totals.update(session.stats)
             totals["messages_out"] += session.messages_out
             totals["bytes_out"] += session.bytes_out
             for peer in session.peers():
                 queued += peer.queued_bytes
+                clients[(peer.role.value, peer.transport)] += 1
+        connections = GaugeMetricFamily("relay_connections", "Clients attached to sessions",
+                                        labels=["role", "transport"])
+        for (role, transport), count in sorted(clients.items()):
+            connections.add_metric([role, transport], count)
+        yield connections
         yield CounterMetricFamily("relay_messages_out", "Messages queued to receivers (one per receiver)",
                                   value=totals["messages_out"])
         yield CounterMetricFamily("relay_bytes_out", "Bytes queued to receivers (per receiver)",

@@ -383,14 +383,11 @@ class Server:
                 session.attach_slave(record, peer, now, after=after, epoch=epoch)
         except SessionEnded:
             peer.close(4002, "session ended")
-        gauge = self.metrics.connections.labels(role.value, "ws")
-        gauge.inc()
         log_event(log, logging.INFO, "ws.open", conn=connection_id, session=session.id, role=role.value,
                   slave=record.slave_id if record is not None else None)
         try:
             await connection.run()
         finally:
-            gauge.dec()
             if connection.close_code is not None:
                 self.metrics.closes.labels(str(connection.close_code)).inc()
             log_event(log, logging.INFO, "ws.closed", conn=connection_id, session=session.id, role=role.value,

@@ -398,11 +398,13 @@ class Session:
             return False
         if peer.resync_pending:
             self.stats["slow_closed"] += 1
+            self.stats["dropped_stale"] += len(peer.queue)
             peer.clear()
             peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
             return False
         # ``message`` is already in the history, so the catch-up below includes it.
         self.stats["resyncs"] += 1
+        self.stats["dropped_stale"] += len(peer.queue)
         peer.clear()
         catchup, messages = self._catch_up(None, None)
         peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq, "reason": "slow"}))
@@ -411,6 +413,7 @@ class Session:
         peer.resync_pending = True
         if peer.queued_bytes > peer.limit:
             self.stats["slow_closed"] += 1
+            self.stats["dropped_stale"] += len(peer.queue)
             peer.clear()
             peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
             return False

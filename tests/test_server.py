@@ -148,7 +148,25 @@ async def test_slow_slave_bounded_resynced_then_closed_1013():
             assert status == 200
             described = json.loads(body)["sessions"]
             assert [d["session"] for d in described] == [sid]
+            # The metrics count what happened to the slow slave.
+            metrics = await scrape_metrics(listening.private_port)
+            assert metrics["relay_resyncs_total"] == session.stats["resyncs"] >= 1
+            assert metrics["relay_slow_closed_total"] == 1
+            assert metrics["relay_dropped_stale_total"] > 0
+            assert metrics['relay_connections{role="slave",transport="ws"}'] >= 1
+            assert metrics["relay_bytes_out_total"] > metrics['relay_bytes_in_total{role="master"}']
             await master.close()
+
+
+async def scrape_metrics(port: int) -> dict:
+    status, _headers, body = await relay.Client("127.0.0.1", port).request("GET", "/metrics")
+    assert status == 200
+    values = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 def _unpack_all(body: bytes):
