@@ -96,16 +96,18 @@ async def _wait(wait, sock: socket.socket) -> None:
 
 
 def _advance(buffers: list, sent: int) -> list:
-    """Drop ``sent`` bytes from the front of a list of buffers."""
+    """Drop ``sent`` bytes from the front of a list of buffers (and any empty buffer there, which
+    sendmsg can never use up)."""
     index = 0
-    while sent:
+    count = len(buffers)
+    while index < count:
         length = len(buffers[index])
-        if sent >= length:
-            sent -= length
-            index += 1
-        else:
-            buffers[index] = memoryview(buffers[index])[sent:]
-            sent = 0
+        if sent < length:
+            if sent:
+                buffers[index] = memoryview(buffers[index])[sent:]
+            break
+        sent -= length
+        index += 1
     return buffers[index:]
 
 

@@ -29,8 +29,9 @@ from relay._accel import (
     parse_close_payload,
 )
 from relay._errors import RemoteProtocolError
+from relay._logging import log_event
 from relay._netio import Broken, Yielder, close_socket, recv_into, send_buffers
-from relay._outbox import Outbox, RawFrame
+from relay._outbox import WRITER_BATCH_FRAMES, Outbox, RawFrame
 
 __all__ = ["MessageHandler", "WebSocketConnection", "EchoHandler", "CLOSE_HANDSHAKE_TIMEOUT_S"]
 
@@ -77,6 +78,10 @@ class WebSocketConnection:
         self.close_received = False
         self.close_code: Optional[int] = None  # the code we sent (or will send)
         self.close_reason = ""
+        # Once a close is requested: how many of the queued messages still go out before the close
+        # frame (None: no close requested).  Counted, so that a busy session that keeps pushing
+        # cannot postpone the close frame, and nothing pushed after the decision is sent.
+        self._messages_before_close: Optional[int] = None
         self.peer_close_code: Optional[int] = None
         self.last_receive = trio.current_time()
         self.bytes_in = 0
@@ -137,6 +142,9 @@ class WebSocketConnection:
             self.close_reason = reason
         if discard_queued:
             self.outbox.clear()
+            self._messages_before_close = 0
+        elif self._messages_before_close is None:
+            self._messages_before_close = len(self.outbox.queue)
         self._notify()
 
     # ------------------------------------------------------------------ reading
@@ -164,9 +172,14 @@ class WebSocketConnection:
                     self._drain_events()
                 await yielder.account(n)
         except RemoteProtocolError as exc:
-            log.info("protocol error, closing %s with %d: %s", self.connection_id, exc.close_code, exc.message)
+            log_event(log, logging.INFO, "ws.protocol_error", conn=self.connection_id, code=exc.close_code,
+                      reason=exc.message)
             self.decoder = None
-            self.request_close(exc.close_code, exc.message, discard_queued=True)
+            # What the peer sent before the bad frame was valid: its consequences (already in
+            # the outbox) still go out ahead of our close frame.  The discard below bounds how
+            # long that may take (CLOSE_HANDSHAKE_TIMEOUT_S), so a peer that stops reading
+            # cannot hold the connection open.
+            self.request_close(exc.close_code, exc.message, discard_queued=False)
             await self._discard_until_eof(yielder)
         except Broken:
             pass
@@ -225,9 +238,20 @@ class WebSocketConnection:
                     buffers.extend(control)
                     control.clear()
                 if outbox.queue:
-                    for message in outbox.take_batch():
+                    remaining = self._messages_before_close
+                    if remaining is None:
+                        batch = outbox.take_batch()
+                    else:
+                        batch = outbox.take_batch(max_frames=min(remaining, WRITER_BATCH_FRAMES)) if remaining else []
+                        remaining -= len(batch)
+                        self._messages_before_close = remaining
+                        if not remaining:
+                            outbox.clear()  # pushed after the close was decided: never sent
+                    for message in batch:
                         buffers.append(message.head)
-                        buffers.append(message.body)
+                        # An empty iovec is never consumed by sendmsg: send_buffers would spin on it.
+                        if message.body:
+                            buffers.append(message.body)
                 elif outbox.closing and self.close_code is None:
                     # The session asked to close after what it queued: that is all sent now.
                     self.close_code = outbox.close_code
@@ -242,6 +266,12 @@ class WebSocketConnection:
                 if send_close:
                     self.close_sent = True
                     if not self.close_received:
+                        if self.decoder is None:
+                            # We failed the connection: the peer's answer cannot be parsed, so
+                            # waiting for it is pointless.  The server closes TCP first (RFC 6455
+                            # 7.1.1); a half-close rather than close() lets the reader drain what
+                            # is in flight, so no RST overtakes our close frame at the peer.
+                            _shutdown_write(sock)
                         await trio.sleep(CLOSE_HANDSHAKE_TIMEOUT_S)
                     self._finish()
                     return
@@ -259,7 +289,7 @@ class WebSocketConnection:
             await trio.sleep(self.ping_interval_s)
             idle = trio.current_time() - self.last_receive
             if idle >= self.idle_timeout_s:
-                log.info("idle timeout on %s after %.0f s", self.connection_id, idle)
+                log_event(log, logging.INFO, "ws.idle_timeout", conn=self.connection_id, idle_s=round(idle, 1))
                 self.request_close(CLOSE_GOING_AWAY, "idle timeout", discard_queued=True)
                 return
             if not self.close_sent and len(self.control) < MAX_PENDING_CONTROL_FRAMES:
@@ -273,6 +303,13 @@ def _clip_reason(reason: str) -> str:
     if len(data) <= 123:
         return reason
     return data[:123].decode("utf-8", "ignore")
+
+
+def _shutdown_write(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _nothing() -> None:
