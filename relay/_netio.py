@@ -49,6 +49,25 @@ class Yielder:
             await trio.lowlevel.checkpoint()
 
 
+async def _call(sock: socket.socket, wait, call, argument, yielder: Yielder):
+    """``call(argument)`` on the non-blocking socket, waiting with ``wait`` while it would block."""
+    while True:
+        try:
+            return call(argument)
+        except BlockingIOError:
+            try:
+                await wait(sock)
+            except trio.ClosedResourceError:
+                raise Broken("socket closed") from None
+            except OSError as exc:  # closed fd
+                raise Broken(str(exc)) from None
+            yielder.waited()
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            raise Broken(str(exc)) from None
+
+
 async def recv_into(sock: socket.socket, buffer, yielder: Yielder) -> int:
     """Read into ``buffer``; 0 means the peer closed.  Raises Broken on reset.
 
@@ -56,43 +75,13 @@ async def recv_into(sock: socket.socket, buffer, yielder: Yielder) -> int:
     use a buffer shared by all connections as long as it consumes the bytes before its next await;
     it calls ``await yielder.account(n)`` once it has.
     """
-    while True:
-        try:
-            n = sock.recv_into(buffer)
-        except BlockingIOError:
-            await _wait(trio.lowlevel.wait_readable, sock)
-            yielder.waited()
-            continue
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            raise Broken(str(exc)) from None
-        return n
+    return await _call(sock, trio.lowlevel.wait_readable, sock.recv_into, buffer, yielder)
 
 
 async def recv(sock: socket.socket, max_bytes: int, yielder: Yielder) -> bytes:
-    while True:
-        try:
-            data = sock.recv(max_bytes)
-        except BlockingIOError:
-            await _wait(trio.lowlevel.wait_readable, sock)
-            yielder.waited()
-            continue
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            raise Broken(str(exc)) from None
-        await yielder.account(len(data))
-        return data
-
-
-async def _wait(wait, sock: socket.socket) -> None:
-    try:
-        await wait(sock)
-    except trio.ClosedResourceError:
-        raise Broken("socket closed") from None
-    except OSError as exc:  # closed fd
-        raise Broken(str(exc)) from None
+    data = await _call(sock, trio.lowlevel.wait_readable, sock.recv, max_bytes, yielder)
+    await yielder.account(len(data))
+    return data
 
 
 def _advance(buffers: list, sent: int) -> list:
@@ -114,16 +103,7 @@ def _advance(buffers: list, sent: int) -> list:
 async def send_buffers(sock: socket.socket, buffers: list, yielder: Yielder) -> None:
     """Send every buffer, in order, with as few sendmsg calls as the kernel allows."""
     while buffers:
-        try:
-            sent = sock.sendmsg(buffers)
-        except BlockingIOError:
-            await _wait(trio.lowlevel.wait_writable, sock)
-            yielder.waited()
-            continue
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            raise Broken(str(exc)) from None
+        sent = await _call(sock, trio.lowlevel.wait_writable, sock.sendmsg, buffers, yielder)
         await yielder.account(sent)
         buffers = _advance(buffers, sent)
 

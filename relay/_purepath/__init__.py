@@ -3,6 +3,7 @@
 See docs/fastpath.md for the API.  Used when the extension was not built or RELAY_PUREPYTHON=1.
 """
 
+from relay._fastpath_api import FASTPATH_NAMES
 from relay._purepath.cookie import build_set_cookie, parse_cookie
 from relay._purepath.envelope import (
     MAX_KIND_BYTES,
@@ -30,29 +31,4 @@ from relay._purepath.frames import (
 )
 from relay._purepath.tokens import murmur3_token, random_token
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "MAX_CONTROL_PAYLOAD",
-    "MAX_KIND_BYTES",
-    "OP_BINARY",
-    "OP_CLOSE",
-    "OP_CONTINUATION",
-    "OP_PING",
-    "OP_PONG",
-    "OP_TEXT",
-    "FrameDecoder",
-    "build_envelope",
-    "build_set_cookie",
-    "close_payload",
-    "encode_client_frame",
-    "encode_frame",
-    "envelope_frame_header",
-    "envelope_header",
-    "frame_header",
-    "murmur3_token",
-    "parse_close_payload",
-    "parse_cookie",
-    "peek_envelope",
-    "random_token",
-    "unmask",
-]
+__all__ = list(FASTPATH_NAMES)

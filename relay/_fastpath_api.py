@@ -1,0 +1,28 @@
+"""The names that both twins of the fast path export (docs/fastpath.md): one list for both."""
+
+FASTPATH_NAMES = (
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_CONTROL_PAYLOAD",
+    "MAX_KIND_BYTES",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameDecoder",
+    "build_envelope",
+    "build_set_cookie",
+    "close_payload",
+    "encode_client_frame",
+    "encode_frame",
+    "envelope_frame_header",
+    "envelope_header",
+    "frame_header",
+    "murmur3_token",
+    "parse_close_payload",
+    "parse_cookie",
+    "peek_envelope",
+    "random_token",
+    "unmask",
+)
