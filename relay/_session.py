@@ -120,8 +120,9 @@ def relay_message(kind: str, body_obj, seq: int = 0) -> Outgoing:
 class Peer(Outbox):
     """One client endpoint in a session: an :class:`Outbox` with the client's role.
 
-    Master-bound and relay messages are never dropped; the slow-slave policy of
-    :meth:`Session._deliver_past_bound` applies to slaves only.
+    The slow-slave policy of :meth:`Session._deliver_past_bound` applies to slaves; what goes to a
+    master past its bound (events, chat, presence) is dropped instead, so that neither a master that
+    stops reading nor slaves that flood it can grow memory, and no slave can get it closed.
     """
 
     __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event")
@@ -343,8 +344,13 @@ class Session:
                 receivers += 1
         master = self.master
         if master is not None and master is not sender:
-            master.push(message)  # the master is never dropped from: it is the session's source
-            receivers += 1
+            # What the master receives (chat, presence) must not grow without bound if it stops
+            # reading; it is never closed for that (slaves could then push it out with chat).
+            if master.queued_bytes + size <= master.limit:
+                master.push(message)
+                receivers += 1
+            else:
+                self.stats["dropped_to_master"] += 1
         self.messages_out += receivers
         self.bytes_out += receivers * size
         if self._observer is not None:

@@ -266,3 +266,22 @@ def test_to_master_events_dropped_when_master_queue_full():
         session.from_slave(slave, "pointer", pack(b"p" * 100), 1.0)
     assert master.queued_bytes <= 1000 + 200  # hello and presence are not dropped
     assert session.stats["dropped_to_master"] > 0
+
+
+def test_chat_flood_to_a_master_that_does_not_read_stays_bounded():
+    from relay._session import Peer, Role, Session
+
+    config = Config(max_message_bytes=4096, slave_queue_bytes=8192)
+    session = Session("flood", config)
+    master = Peer(Role.MASTER, transport="ws", limit=config.slave_queue_bytes)
+    session.attach_master(master, 0.0)
+    record = session.add_slave("agent")
+    slave = Peer(Role.SLAVE, transport="ws", limit=config.slave_queue_bytes)
+    session.attach_slave(record, slave, 0.0)
+    body = memoryview(msgpack.packb(b"x" * 1000))
+    for _ in range(100):
+        assert session.from_slave(slave, "chat", body, 1.0) is None
+        slave.take_batch()  # the slave reads; the master never does
+    assert master.queued_bytes <= config.slave_queue_bytes
+    assert master.close_code is None
+    assert session.stats["dropped_to_master"] > 0
