@@ -42,6 +42,7 @@ log = logging.getLogger("relay.server")
 
 API_BODY_BYTES = 64 * 1024  # JSON bodies of create/join
 CORS_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
+MAX_AGENT_ID_CHARS = 256  # an agent id is repeated in every presence event
 LISTEN_BACKLOG = 1024
 SHUTDOWN_CLOSE_CODE = CLOSE_SERVICE_RESTART  # clients reconnect (through the LB) elsewhere
 STATIC_FILES = {
@@ -324,6 +325,8 @@ class Server:
         join_token = data.get("join_token")
         if agent_id is not None and not isinstance(agent_id, str) or join_token is not None and not isinstance(join_token, str):
             raise HTTPError(400, "bad-request", "'agent' and 'join_token' must be strings")
+        if agent_id is not None and len(agent_id) > MAX_AGENT_ID_CHARS:
+            raise HTTPError(400, "bad-request", f"'agent' is longer than {MAX_AGENT_ID_CHARS} characters")
         hook = self.config.authorize_join
         if hook is not None:
             verdict = hook(JoinRequest(session_id, agent_id, join_token, http.header(b"origin")))

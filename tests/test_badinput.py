@@ -209,3 +209,15 @@ async def test_fuzzer_findings_get_400_not_500():
             status = await _raw_status(port, f"GET /cobrowse/ws/{sid}?token={token} HTTP/1.1\r\nHost: a\r\n"
                                              f"Upgrade: websoc\xe4et\r\nConnection: Upgrade\r\n\r\n".encode("latin-1"))
             assert status == 426
+
+
+async def test_join_with_an_oversized_or_mistyped_agent_id_is_refused():
+    with trio.fail_after(10):
+        async with running_relay() as (_server, _listening, client):
+            created = await client.create_session()
+            for payload in ({"agent": "a" * 257}, {"agent": 7}, {"join_token": ["x"]}):
+                status, _headers, body = await client.request(
+                    "POST", f"/cobrowse/sessions/{created['session']}/join", json.dumps(payload).encode())
+                assert status == 400, payload
+                assert json.loads(body)["error"] == "bad-request"
+            assert (await client.join(created["session"], agent="a" * 256))["mode"] == "pointer"
