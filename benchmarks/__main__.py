@@ -11,8 +11,8 @@ SUITES = {
                  "relay's Cython and pure twins vs wsproto, websockets, SimpleCookie and "
                  "cassandra-driver: frame decoding, unmasking, frame encoding, cookies, tokens"),
     "fanout": ("benchmarks.fanout",
-               "1 master -> N slaves through relay vs picows, websockets, aiohttp (uvloop) and "
-               "trio-websocket: messages/s, GB/s, latency, CPU, RSS"),
+               "relay vs picows, websockets, aiohttp (uvloop), trio-websocket and iperf3: fan-out "
+               "1 -> 1/4/16, mixed trace, return path, idle connections, late join (--quick: ~1 min)"),
 }
 
 

@@ -1,4 +1,6 @@
-"""aiohttp on uvloop: each message is sent to every subscriber with send_bytes."""
+"""aiohttp on uvloop: each message is sent to every subscriber with send_bytes.
+
+Messages from a subscriber go to the latest publisher (the return path)."""
 
 import asyncio
 
@@ -10,20 +12,26 @@ from benchmarks.servers._common import MAX_MESSAGE_BYTES, parse_args, ready
 
 async def main(args) -> None:
     subscribers = set()
+    publishers = []  # the latest publisher last: it receives what subscribers send
 
     async def handler(request):
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False, autoping=True)
         await ws.prepare(request)
         if request.path == "/pub":
-            async for message in ws:
-                if message.type == WSMsgType.BINARY:
-                    for subscriber in list(subscribers):
-                        await subscriber.send_bytes(message.data)
+            publishers.append(ws)
+            try:
+                async for message in ws:
+                    if message.type == WSMsgType.BINARY:
+                        for subscriber in list(subscribers):
+                            await subscriber.send_bytes(message.data)
+            finally:
+                publishers.remove(ws)
             return ws
         subscribers.add(ws)
         try:
-            async for _message in ws:
-                pass
+            async for message in ws:
+                if message.type == WSMsgType.BINARY and publishers:
+                    await publishers[-1].send_bytes(message.data)
         finally:
             subscribers.discard(ws)
         return ws

@@ -1,4 +1,6 @@
-"""picows on uvloop (the fastest Python WebSocket library we know): transport.send to every subscriber."""
+"""picows on uvloop (the fastest Python WebSocket library we know): transport.send to every subscriber.
+
+Messages from a subscriber go to the latest publisher (the return path)."""
 
 import asyncio
 
@@ -10,6 +12,7 @@ from benchmarks.servers._common import MAX_MESSAGE_BYTES, parse_args, ready
 
 async def main(args) -> None:
     subscribers = set()
+    publishers = []  # the latest publisher last: it receives what subscribers send
 
     class Subscriber(WSListener):
         def on_ws_connected(self, transport):
@@ -19,11 +22,21 @@ async def main(args) -> None:
             subscribers.discard(transport)
 
         def on_ws_frame(self, transport, frame):
-            if frame.msg_type == WSMsgType.CLOSE:
+            if frame.msg_type == WSMsgType.BINARY:
+                if publishers:
+                    publishers[-1].send(WSMsgType.BINARY, frame.get_payload_as_memoryview())
+            elif frame.msg_type == WSMsgType.CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
 
     class Publisher(WSListener):
+        def on_ws_connected(self, transport):
+            publishers.append(transport)
+
+        def on_ws_disconnected(self, transport):
+            if transport in publishers:
+                publishers.remove(transport)
+
         def on_ws_frame(self, transport, frame):
             if frame.msg_type == WSMsgType.BINARY:
                 payload = frame.get_payload_as_memoryview()

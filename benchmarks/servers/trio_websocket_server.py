@@ -1,4 +1,6 @@
-"""trio-websocket broadcast server (the trio baseline): each message is sent to every subscriber in turn."""
+"""trio-websocket broadcast server (the trio baseline): each message is sent to every subscriber in turn.
+
+Messages from a subscriber go to the latest publisher (the return path)."""
 
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
@@ -10,10 +12,12 @@ RECEIVE_BUFFER_BYTES = 64 * 1024  # the library's default is 4 KiB, which halves
 
 async def main(args) -> None:
     subscribers = set()
+    publishers = []  # the latest publisher last: it receives what subscribers send
 
     async def handler(request):
         ws = await request.accept()
         if request.path == "/pub":
+            publishers.append(ws)
             try:
                 while True:
                     message = await ws.get_message()
@@ -24,10 +28,17 @@ async def main(args) -> None:
                             subscribers.discard(subscriber)
             except ConnectionClosed:
                 return
+            finally:
+                publishers.remove(ws)
         subscribers.add(ws)
         try:
             while True:
-                await ws.get_message()
+                message = await ws.get_message()
+                if publishers:
+                    try:
+                        await publishers[-1].send_message(message)
+                    except ConnectionClosed:
+                        pass
         except ConnectionClosed:
             subscribers.discard(ws)
 

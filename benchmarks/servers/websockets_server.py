@@ -1,4 +1,6 @@
-"""websockets (asyncio API) on uvloop: broadcast() writes each message to every subscriber."""
+"""websockets (asyncio API) on uvloop: broadcast() writes each message to every subscriber.
+
+Messages from a subscriber go to the latest publisher (the return path)."""
 
 import asyncio
 
@@ -10,15 +12,22 @@ from benchmarks.servers._common import MAX_MESSAGE_BYTES, parse_args, ready
 
 async def main(args) -> None:
     subscribers = set()
+    publishers = []  # the latest publisher last: it receives what subscribers send
 
     async def handler(ws):
         if ws.request.path == "/pub":
-            async for message in ws:
-                broadcast(subscribers, message)
+            publishers.append(ws)
+            try:
+                async for message in ws:
+                    broadcast(subscribers, message)
+            finally:
+                publishers.remove(ws)
             return
         subscribers.add(ws)
         try:
-            await ws.wait_closed()
+            async for message in ws:
+                if publishers:
+                    await publishers[-1].send(message)
         finally:
             subscribers.discard(ws)
 
