@@ -14,6 +14,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyByte
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_WRITE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -115,6 +117,7 @@ OP_PONG = 10
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_CONTROL_PAYLOAD = 125
 RECEIVE_BUFFER_BYTES = 256 * 1024
+PAYLOAD_BUFFER_MIN_BYTES = 64 * 1024
 MAX_CLOSE_REASON_BYTES = 123
 
 cdef enum:
@@ -340,6 +343,7 @@ cdef class FrameDecoder:
     cdef Py_ssize_t events_head
     cdef object error
     cdef bytearray receive_buffer
+    cdef Py_ssize_t payload_offered  # length of the last payload_buffer() view, 0 when none is valid
 
     def __cinit__(self):
         self.message = NULL
@@ -362,6 +366,7 @@ cdef class FrameDecoder:
         """Append bytes (any bytes-like object; consumed at once, the caller may reuse it)."""
         cdef Py_buffer view
         cdef int status
+        self.payload_offered = 0
         if self.error is not None:
             raise self.error.with_traceback(None)
         if type(data) is bytes:
@@ -380,14 +385,59 @@ cdef class FrameDecoder:
 
         Valid only until the next call of any method of this decoder.
         """
+        self.payload_offered = 0
         if self.error is not None:
             raise self.error.with_traceback(None)
         if self.receive_buffer is None:
             self.receive_buffer = bytearray(_RECEIVE_BUFFER_BYTES)
         return memoryview(self.receive_buffer)
 
+    def payload_buffer(self, min_bytes=PAYLOAD_BUFFER_MIN_BYTES):
+        """A writable view of the rest of the current data frame's payload, where the message is
+        being assembled, when at least ``min_bytes`` of it are still to come; else ``None``.
+
+        ``sock.recv_into(view)`` then ``payload_received(n)`` unmasks (and checks) those bytes in
+        place: a large message is received with no intermediate copy.  The view points into
+        memory the decoder owns: it is valid only until the next call of any method of this
+        decoder (the message may move when a fragment makes it grow); do not keep it.
+        """
+        cdef Py_ssize_t wanted = _operator.index(min_bytes)
+        self.payload_offered = 0
+        if self.error is not None:
+            raise self.error.with_traceback(None)
+        if wanted < 1:
+            wanted = 1
+        if (not self.in_frame or self.frame_opcode >= 8 or self.message == NULL
+                or self.frame_remaining < <uint64_t>wanted):
+            return None
+        self.payload_offered = <Py_ssize_t>self.frame_remaining
+        return PyMemoryView_FromMemory(PyBytes_AS_STRING(<object>self.message) + self.message_length,
+                                       self.payload_offered, PyBUF_WRITE)
+
+    def payload_received(self, nbytes):
+        """Take the ``nbytes`` bytes written at the start of the last ``payload_buffer`` view."""
+        cdef Py_ssize_t n = _operator.index(nbytes)
+        cdef Py_ssize_t offered = self.payload_offered
+        cdef unsigned char* dest
+        self.payload_offered = 0
+        if self.error is not None:
+            raise self.error.with_traceback(None)
+        if n < 0 or n > offered:
+            raise ValueError("nbytes does not fit the view given by payload_buffer()")
+        if n == 0:
+            return
+        dest = <unsigned char*>PyBytes_AS_STRING(<object>self.message) + self.message_length
+        if self._take_payload(dest, n) < 0:
+            self._report()
+            return
+        self.frame_remaining -= n
+        if self.frame_remaining == 0:
+            if self._finish_frame() < 0:
+                self._report()
+
     def buffer_updated(self, nbytes):
         """Parse the ``nbytes`` bytes written at the start of the last ``get_buffer`` view."""
+        self.payload_offered = 0
         if self.error is not None:
             raise self.error.with_traceback(None)
         nbytes = _operator.index(nbytes)
@@ -402,6 +452,7 @@ cdef class FrameDecoder:
         """The next ``(opcode, payload)`` event, or ``None`` when more bytes are needed."""
         cdef object event
         cdef Py_ssize_t pending = len(self.events)
+        self.payload_offered = 0
         if self.events_head < pending:
             event = self.events[self.events_head]
             self.events_head += 1
@@ -610,7 +661,7 @@ cdef class FrameDecoder:
         if self.frame_masked:
             relay_frames_unmask(dest, p, n, self.mask_key, self.mask_offset)
             self.mask_offset = (self.mask_offset + <unsigned int>n) & 3
-        else:
+        elif dest != p:  # p == dest: payload_received() on bytes already in place
             memcpy(dest, p, n)
         if self.frame_opcode < 8 and self.message_opcode == 1:
             if not relay_frames_utf8_check(&self.utf8_state, dest, n):

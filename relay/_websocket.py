@@ -160,15 +160,25 @@ class WebSocketConnection:
                 self.leftover = b""
                 self._drain_events()
             while True:
-                n = await recv_into(sock, _shared_receive_view, yielder)
-                if n == 0:
-                    break  # the peer closed TCP without (or after) a close frame
+                # The rest of a large payload goes straight into the message being assembled;
+                # anything else through the shared buffer (no per-connection buffer: idle
+                # connections stay small).
+                payload_view = None if self.close_received else decoder.payload_buffer()
+                if payload_view is not None:
+                    n = await recv_into(sock, payload_view, yielder)
+                    payload_view = None
+                    if n == 0:
+                        break
+                    decoder.payload_received(n)
+                else:
+                    n = await recv_into(sock, _shared_receive_view, yielder)
+                    if n == 0:
+                        break  # the peer closed TCP without (or after) a close frame
+                    if not self.close_received:
+                        decoder.feed(_shared_receive_view[:n])
                 self.last_receive = trio.current_time()
                 self.bytes_in += n
-                if self.close_received:
-                    continue
-                if self.decoder is not None:
-                    decoder.feed(_shared_receive_view[:n])
+                if not self.close_received:
                     self._drain_events()
                 await yielder.account(n)
         except RemoteProtocolError as exc:

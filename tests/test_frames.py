@@ -52,6 +52,19 @@ def run(twin, chunks, *, mode="feed", **decoder_args):
         try:
             if mode == "feed":
                 decoder.feed(chunk)
+            elif mode == "payload":
+                # Whatever part of the chunk belongs to a data frame's payload goes in place
+                # (payload_buffer); the rest (headers, control frames) through feed.
+                while chunk:
+                    view = decoder.payload_buffer(1)
+                    if view is None:
+                        decoder.feed(chunk)
+                        break
+                    taken = min(len(view), len(chunk))
+                    view[:taken] = chunk[:taken]
+                    del view
+                    decoder.payload_received(taken)
+                    chunk = chunk[taken:]
             else:
                 view = decoder.get_buffer()
                 assert len(view) >= max(1, len(chunk))
@@ -124,7 +137,7 @@ def wsproto_messages(data):
 
 
 @pytest.mark.parametrize("twin", TWINS)
-@pytest.mark.parametrize("mode", ["whole", "byte-by-byte", "recv_into", "trailing garbage"])
+@pytest.mark.parametrize("mode", ["whole", "byte-by-byte", "recv_into", "payload in place", "trailing garbage"])
 @pytest.mark.parametrize("case", CASES, ids=[c["description"] for c in CASES])
 def test_corpus(twin, mode, case):
     args = {}
@@ -139,6 +152,8 @@ def test_corpus(twin, mode, case):
         trace = run(twin, byte_by_byte(data), **args)
     elif mode == "recv_into":
         trace = run(twin, split(data, [3, 17, 100, 70000]), mode="recv_into", **args)
+    elif mode == "payload in place":
+        trace = run(twin, split(data, [3, 9, 17, 100, 70000]), mode="payload", **args)
     else:
         # the start of a frame that never completes must not change anything before it
         trace = run(twin, [data + b"\x82"], **args)
@@ -593,7 +608,7 @@ def adversarial_frames(draw):
     cuts=st.lists(st.integers(0, 2000), max_size=6),
     max_message_size=st.sampled_from([0, 5, 100, 200, 70_000, 16 * MIB]),
     client_side=st.sampled_from([False, False, False, True]),
-    mode=st.sampled_from(["feed", "recv_into"]),
+    mode=st.sampled_from(["feed", "recv_into", "payload"]),
 )
 @HYPOTHESIS
 def test_twins_agree_on_adversarial_streams(frames, cuts, max_message_size, client_side, mode):
@@ -664,3 +679,51 @@ def test_active_implementation_decodes_frames():
     with pytest.raises(RemoteProtocolError) as caught:
         decoder.feed(active.encode_client_frame(active.OP_BINARY, b"x" * 11))
     assert caught.value.close_code == 1009
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_payload_buffer_receives_a_large_message_in_place(twin):
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    frame = twin.encode_client_frame(twin.OP_BINARY, payload, b"\x01\x02\x03\x04")
+    decoder = twin.FrameDecoder()
+    assert decoder.payload_buffer() is None  # no frame started
+    decoder.feed(frame[:14 + 1000])
+    view = decoder.payload_buffer()
+    assert len(view) == len(payload) - 1000
+    assert decoder.payload_buffer(len(view) + 1) is None  # less than asked for is left
+    view = decoder.payload_buffer()
+    view[:] = frame[14 + 1000:]
+    decoder.payload_received(len(view))
+    assert decoder.next_event() == (twin.OP_BINARY, payload)
+    assert decoder.payload_buffer(1) is None
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_payload_received_checks_its_argument_and_the_view_lifetime(twin):
+    frame = twin.encode_client_frame(twin.OP_BINARY, b"x" * 200_000, b"abcd")
+    decoder = twin.FrameDecoder()
+    decoder.feed(frame[:100])
+    view = decoder.payload_buffer()
+    with pytest.raises(ValueError):
+        decoder.payload_received(len(view) + 1)
+    view = decoder.payload_buffer()
+    decoder.feed(b"")  # any other call ends the view's validity
+    with pytest.raises(ValueError):
+        decoder.payload_received(1)
+    decoder.payload_received(0)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_payload_in_place_fails_fast_on_bad_utf8_and_size(twin):
+    text = "é".encode() * 40_000
+    bad = text[:1000] + b"\xff" + text[1001:]
+    frame = twin.encode_client_frame(twin.OP_TEXT, bad, b"abcd")
+    decoder = twin.FrameDecoder()
+    decoder.feed(frame[:14])
+    view = decoder.payload_buffer()
+    view[:2000] = frame[14:2014]
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.payload_received(2000)
+    assert caught.value.close_code == 1007
+    with pytest.raises(RemoteProtocolError):
+        decoder.payload_buffer()

@@ -30,6 +30,7 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "RECEIVE_BUFFER_BYTES",
+    "PAYLOAD_BUFFER_MIN_BYTES",
     "FrameDecoder",
     "close_payload",
     "encode_client_frame",
@@ -50,6 +51,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_CONTROL_PAYLOAD = 125
 #: Size of the receive buffer that get_buffer() exposes for recv_into (allocated on first use).
 RECEIVE_BUFFER_BYTES = 256 * 1024
+PAYLOAD_BUFFER_MIN_BYTES = 64 * 1024
 #: A close reason must leave room for the 2-byte code inside MAX_CONTROL_PAYLOAD.
 MAX_CLOSE_REASON_BYTES = MAX_CONTROL_PAYLOAD - 2
 #: Largest header: 2 fixed bytes, 8 bytes of 64-bit length, 4 bytes of mask key.
@@ -269,11 +271,14 @@ class FrameDecoder:
         self._events_head = 0
         self._error = None
         self._receive_buffer = None
+        self._landing = None  # payload_buffer(): where the rest of the current frame lands
+        self._payload_offered = 0
 
     # ---- public API ----
 
     def feed(self, data) -> None:
         """Append bytes (any bytes-like object; consumed at once, the caller may reuse it)."""
+        self._payload_offered = 0
         if self._error is not None:
             raise self._error.with_traceback(None)
         self._consume_and_report(_byte_view(data))
@@ -283,14 +288,53 @@ class FrameDecoder:
 
         Valid only until the next call of any method of this decoder.
         """
+        self._payload_offered = 0
         if self._error is not None:
             raise self._error.with_traceback(None)
         if self._receive_buffer is None:
             self._receive_buffer = bytearray(RECEIVE_BUFFER_BYTES)
         return memoryview(self._receive_buffer)
 
+    def payload_buffer(self, min_bytes=PAYLOAD_BUFFER_MIN_BYTES):
+        """A writable view for the rest of the current data frame's payload, when at least
+        ``min_bytes`` of it are still to come; else ``None``.
+
+        ``sock.recv_into(view)`` then ``payload_received(n)``.  (This twin lands the bytes in a
+        buffer of its own and copies them; the Cython twin receives them in place.)  Valid only
+        until the next call of any method of this decoder; do not keep it.
+        """
+        wanted = max(operator.index(min_bytes), 1)
+        self._payload_offered = 0
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if not self._in_frame or self._frame_opcode >= OP_CLOSE or self._frame_remaining < wanted:
+            return None
+        self._landing = bytearray(self._frame_remaining)
+        self._payload_offered = self._frame_remaining
+        return memoryview(self._landing)
+
+    def payload_received(self, nbytes) -> None:
+        """Take the ``nbytes`` bytes written at the start of the last ``payload_buffer`` view."""
+        n = operator.index(nbytes)
+        offered = self._payload_offered
+        self._payload_offered = 0
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if not 0 <= n <= offered:
+            raise ValueError("nbytes does not fit the view given by payload_buffer()")
+        landing, self._landing = self._landing, None
+        if n == 0:
+            return
+        fault = self._take_payload(memoryview(landing)[:n])
+        if fault is None:
+            self._frame_remaining -= n
+            if self._frame_remaining == 0:
+                fault = self._finish_frame()
+        self._report(fault)
+
     def buffer_updated(self, nbytes) -> None:
         """Parse the ``nbytes`` bytes written at the start of the last ``get_buffer`` view."""
+        self._payload_offered = 0
         if self._error is not None:
             raise self._error.with_traceback(None)
         nbytes = operator.index(nbytes)
@@ -301,6 +345,7 @@ class FrameDecoder:
 
     def next_event(self):
         """The next ``(opcode, payload)`` event, or ``None`` when more bytes are needed."""
+        self._payload_offered = 0
         events = self._events
         if self._events_head < len(events):
             event = events[self._events_head]
@@ -316,7 +361,9 @@ class FrameDecoder:
     # ---- internals ----
 
     def _consume_and_report(self, view: memoryview) -> None:
-        fault = self._consume(view)
+        self._report(self._consume(view))
+
+    def _report(self, fault) -> None:
         if fault is not None:
             self._error = RemoteProtocolError(fault[1], close_code=fault[0])
             # release what an unfinished message holds: the decoder will never finish it
