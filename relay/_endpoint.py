@@ -47,7 +47,8 @@ class SessionSocketHandler:
             return
         self.metrics.message_in(self.peer.role.value, len(payload))
         try:
-            deliver_envelope(self.session, self.peer, payload, trio.current_time())
+            # The time of the read that brought this message: one clock call per read, not per message.
+            deliver_envelope(self.session, self.peer, payload, connection.last_receive)
         except Exception as exc:  # EnvelopeError and nothing else is expected
             code = getattr(exc, "close_code", 1011)
             if code == 1011:

@@ -42,6 +42,7 @@ class SessionHost:
         self._nursery: Optional[trio.Nursery] = None
         self.ended_count = 0
         self.ended_stats = collections.Counter()  # Session.stats of ended sessions, for metrics
+        self.ended_published = collections.Counter()  # their Session.published
 
     def mint_id(self) -> str:
         for _ in range(MAX_MINT_ATTEMPTS):
@@ -74,6 +75,7 @@ class SessionHost:
         self.ended_count += 1
         self.ended_stats.update(session.stats)
         self.ended_stats["messages_out"] += session.messages_out
+        self.ended_published.update(session.published)
         self.ended_stats["bytes_out"] += session.bytes_out
         log_event(log, logging.INFO, "session.ended", session=session.id, reason=reason, seq=session.seq,
                   messages_out=session.messages_out)

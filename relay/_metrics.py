@@ -31,10 +31,12 @@ SESSION_STATS = {
 
 
 class Metrics:
-    def __init__(self, sessions: Callable[[], collections.abc.Iterable], ended_stats: collections.Counter) -> None:
-        """``sessions()`` gives the live sessions; ``ended_stats`` accumulates those of ended ones."""
+    def __init__(self, sessions: Callable[[], collections.abc.Iterable], ended_stats: collections.Counter,
+                 ended_published: collections.Counter) -> None:
+        """``sessions()`` gives the live sessions; ``ended_*`` accumulate the counts of ended ones."""
         self._sessions = sessions
         self._ended_stats = ended_stats
+        self._ended_published = ended_published
         self.registry = registry = CollectorRegistry(auto_describe=False)
         self.envelope_errors = Counter("relay_envelope_errors", "Malformed envelopes refused", registry=registry)
         self.closes = Counter("relay_closes", "WebSocket closes sent, by code", ["code"], registry=registry)
@@ -47,9 +49,8 @@ class Metrics:
         self.tasks.set_function(count_trio_tasks)
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_open_fds, ...
         registry.register(_HotCollector(self))
-        # Hot-path counts: role -> [messages, bytes]; kind -> messages.
+        # Hot-path counts: role -> [messages, bytes].
         self.received = {"master": [0, 0], "slave": [0, 0]}
-        self.published = collections.Counter()
 
     def message_in(self, role: str, size: int) -> None:
         counts = self.received[role]
@@ -80,9 +81,12 @@ class _HotCollector:
             received_bytes.add_metric([role], size)
         yield received
         yield received_bytes
+        by_kind = collections.Counter(metrics._ended_published)
+        for session in sessions:
+            by_kind.update(session.published)
         published = CounterMetricFamily("relay_messages_published",
                                         "Messages given a seq (session stream) or an inbox seq", labels=["kind"])
-        for kind, count in sorted(metrics.published.items()):
+        for kind, count in sorted(by_kind.items()):
             published.add_metric([kind], count)
         yield published
         totals = collections.Counter(metrics._ended_stats)

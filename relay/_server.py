@@ -80,8 +80,9 @@ class Server:
     def __init__(self, config: Config) -> None:
         config.validate()
         self.config = config
-        self.host = SessionHost(config, observer=self._observe)
-        self.metrics = Metrics(lambda: self.host.sessions.values(), self.host.ended_stats)
+        self.host = SessionHost(config, observer=self._observe if config.on_message is not None else None)
+        self.metrics = Metrics(lambda: self.host.sessions.values(), self.host.ended_stats,
+                               self.host.ended_published)
         self.connections = 0
         self.shutting_down = False
         self._no_connections = trio.Event()
@@ -132,10 +133,7 @@ class Server:
         log_event(log, logging.INFO, "node.shutdown", connections_left=self.connections)
 
     def _observe(self, session: Session, kind: str, seq: int, size: int) -> None:
-        self.metrics.published[kind] += 1
-        hook = self.config.on_message
-        if hook is not None:
-            self.host.call_hook(hook, session.id, kind, seq, size)
+        self.host.call_hook(self.config.on_message, session.id, kind, seq, size)
 
     async def _accept_loop(self, listener: socket.socket, public: bool) -> None:
         while not self.shutting_down:

@@ -176,7 +176,8 @@ class Session:
         self.created_at = now
         self.last_activity = now
         self.ended: Optional[str] = None
-        self._observer = observer  # (session, kind, seq, size) -> None, for hooks and metrics
+        self._observer = observer  # (session, kind, seq, size) -> None: the on_message hook
+        self.published = collections.Counter()  # kind -> messages given a seq or an inbox seq
         self.stats = collections.Counter()  # rare events, by name (see relay._metrics.SESSION_STATS)
         self.messages_out = 0  # messages queued to receivers, one per receiver
         self.bytes_out = 0
@@ -353,6 +354,7 @@ class Session:
                 self.stats["dropped_to_master"] += 1
         self.messages_out += receivers
         self.bytes_out += receivers * size
+        self.published[kind] += 1
         if self._observer is not None:
             self._observer(self, kind, message.seq, message.size)
         return message
@@ -369,6 +371,7 @@ class Session:
         master.push(message)
         self.messages_out += 1
         self.bytes_out += message.size
+        self.published[kind] += 1
         if self._observer is not None:
             self._observer(self, kind, message.seq, message.size)
 

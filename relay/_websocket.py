@@ -169,14 +169,15 @@ class WebSocketConnection:
                     payload_view = None
                     if n == 0:
                         break
+                    self.last_receive = trio.current_time()
                     decoder.payload_received(n)
                 else:
                     n = await recv_into(sock, _shared_receive_view, yielder)
                     if n == 0:
                         break  # the peer closed TCP without (or after) a close frame
+                    self.last_receive = trio.current_time()
                     if not self.close_received:
                         decoder.feed(_shared_receive_view[:n])
-                self.last_receive = trio.current_time()
                 self.bytes_in += n
                 if not self.close_received:
                     self._drain_events()
