@@ -52,6 +52,11 @@ MAX_IN_FLIGHT_MESSAGES = 2000
 PATCH_FRAME_FROM_BYTES = 64 * 1024
 SKIM_FROM_BYTES = 64 * 1024  # subscribers skim frames (SkimReader) from this message size
 MIN_TIMED_MESSAGES = 20  # even past --max-duration-s: enough for a median
+# The first messages of a fan-out run are not timed: TCP windows, socket buffers and allocators
+# reach their steady state over the first megabytes, and a sub-second sample would mostly
+# measure that ramp.  Warm-up: this many bytes per publisher, within these message counts.
+WARMUP_BYTES = 16 * 1024 * 1024
+WARMUP_MESSAGES_MIN, WARMUP_MESSAGES_MAX = 10, 1000
 TIMEOUT_S = 150.0
 IDLE_CONNECT_CONCURRENCY = 32
 IDLE_SETTLE_S = 1.0  # after the last connection: let presence traffic drain and RSS settle
@@ -386,14 +391,15 @@ class Server:
 class Fanout:
     def __init__(self, args) -> None:
         self.args = args
-        self.count = args.count
         self.slaves = args.slaves
         self.received = [0] * args.slaves
-        self.receive_ns = [array.array("q", bytes(8 * args.count)) for _ in range(args.slaves)]
-        self.send_ns = array.array("q", bytes(8 * args.count))
         self.out_of_order = 0
         self.progress = trio.Event()
         self.window = max(1, min(MAX_IN_FLIGHT_MESSAGES, args.window_bytes // max(args.size, 1)))
+        self.warmup = max(WARMUP_MESSAGES_MIN, min(WARMUP_MESSAGES_MAX, WARMUP_BYTES // max(args.size, 1)))
+        self.count = args.count + self.warmup
+        self.receive_ns = [array.array("q", bytes(8 * self.count)) for _ in range(args.slaves)]
+        self.send_ns = array.array("q", bytes(8 * self.count))
 
     async def subscriber(self, index: int, connection: ClientConnection) -> None:
         skim = isinstance(connection, RawConnection)
@@ -427,7 +433,7 @@ class Fanout:
         window = self.window
         clock = time.perf_counter_ns
         pack_into = STAMP.pack_into
-        deadline = clock() + int(self.args.max_duration_s * 1e9)
+        deadline = None  # the timed part starts after the warm-up
         sent = 0
         # Large messages: mask the frame once, then patch only the masked stamp for each message
         # (masking and copying megabytes per message would slow the load generator, not the server).
@@ -441,7 +447,9 @@ class Fanout:
                     self.progress = trio.Event()
                 await self.progress.wait()
             now = clock()
-            if now > deadline and index >= MIN_TIMED_MESSAGES:
+            if index == self.warmup:
+                deadline = now + int(self.args.max_duration_s * 1e9)
+            elif deadline is not None and now > deadline and index >= self.warmup + MIN_TIMED_MESSAGES:
                 break  # a slow server gets fewer messages, not more time
             self.send_ns[index] = now
             if frame is not None:
@@ -478,19 +486,23 @@ class Fanout:
                 figures = server.figures(self.count, self.count * len(template) * self.slaves)
                 own_cpu = time.process_time() - own_cpu_before
                 nursery.cancel_scope.cancel()
-        first_send = self.send_ns[0]
+        warmup = self.warmup
+        timed = self.count - warmup
+        first_send = self.send_ns[warmup]
         elapsed = (finished - first_send) / 1e9
-        latencies = [(max(times[i] for times in self.receive_ns) - self.send_ns[i]) / 1e9 for i in range(self.count)]
-        delivered_bytes = self.count * len(template) * self.slaves
+        latencies = [(max(times[i] for times in self.receive_ns) - self.send_ns[i]) / 1e9
+                     for i in range(warmup, self.count)]
+        delivered_bytes = timed * len(template) * self.slaves
         return {
             "workload": "fanout",
             "target": args.target,
             "slaves": self.slaves,
             "size": len(template),
-            "count": self.count,
+            "count": timed,
+            "warmup_messages": warmup,
             "elapsed_s": elapsed,
-            "setup_s": (first_send - started) / 1e9,
-            "messages_per_s": self.count / elapsed,
+            "setup_s": (self.send_ns[0] - started) / 1e9,
+            "messages_per_s": timed / elapsed,
             "delivered_bytes_per_s": delivered_bytes / elapsed,
             **latency_summary(latencies),
             **figures,

@@ -19,6 +19,7 @@ from relay import __version__
 from relay._accel import implementation
 from relay._config import Config, ConfigError
 from relay._logging import configure_logging, log_event
+from relay._malloc import tune_malloc
 from relay._ring import Ring, evenly_spaced_tokens
 
 __all__ = ["main"]
@@ -54,11 +55,12 @@ SETTING_HELP = {
     "log_level": "debug, info, warning, error or critical",
     "log_format": "text (key=value, one event per line) or json (one object per line)",
     "demo_pages": "serve the demo master/slave pages and client.js",
+    "tune_malloc": "keep large message buffers in the heap (glibc; process-wide; on by default in the CLI)",
 }
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = Config()
+    defaults = Config(**CLI_DEFAULTS)
     for name in Config.setting_names():
         default = getattr(defaults, name)
         flag = "--" + name.replace("_", "-")
@@ -97,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where the CLI's defaults differ from Config's: the process is relay's own.
+CLI_DEFAULTS = {"tune_malloc": True}
+
+
 def load_config(args: argparse.Namespace) -> Config:
-    config = Config.from_toml(args.config) if args.config else Config()
+    base = Config(**CLI_DEFAULTS)
+    config = Config.from_toml(args.config, base=base) if args.config else base
     flags = {name: getattr(args, name) for name in Config.setting_names() if getattr(args, name) is not None}
     return Config.from_mapping(flags, base=config)
 
@@ -151,6 +158,8 @@ def main(argv: Optional[list] = None) -> int:
             if config.cluster is not None:
                 raise ConfigError("cluster mode (--cluster) is not available in this version yet")
             configure_logging(config.log_level, config.log_format)
+            if config.tune_malloc:
+                tune_malloc()
             trio.run(_serve_until_signalled, config)
         elif args.command == "echo":
             from relay._server import serve_echo

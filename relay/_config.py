@@ -106,6 +106,7 @@ class Config:
     # Operations.
     log_level: str = "info"
     log_format: str = "text"  # "text" (key=value) or "json" (one object per line)
+    tune_malloc: bool = False  # process-wide glibc tuning for large messages; the CLI turns it on
     demo_pages: bool = True
 
     # Hooks (embedders only).  Each may be a plain function or an async one.

@@ -123,3 +123,19 @@ def test_ring_prints_owners_shares_and_replicas(tmp_path):
     assert rows[0][4] == "CB_Server_0,CB_Server_1"
     ring = relay.Ring({row[0]: [int(row[2])] for row in rows}, replication_factor=2)
     assert ring.replicas(b"123")[0] == ring.owner(b"123")
+
+
+def test_cli_tunes_malloc_by_default_and_can_be_told_not_to(tmp_path):
+    from relay._cli import build_parser, load_config
+    from relay._malloc import tune_malloc
+
+    assert load_config(build_parser().parse_args(["serve"])).tune_malloc is True
+    assert load_config(build_parser().parse_args(["serve", "--tune-malloc", "false"])).tune_malloc is False
+    config_file = tmp_path / "relay.toml"
+    config_file.write_text("tune_malloc = false\n")
+    assert load_config(build_parser().parse_args(["serve", "--config", str(config_file)])).tune_malloc is False
+    assert Config().tune_malloc is False  # an embedder's process is its own to tune
+    # In a child process (the setting is process-wide): glibc accepts the thresholds.
+    done = subprocess.run([sys.executable, "-c", "from relay._malloc import tune_malloc; print(tune_malloc())"],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=30)
+    assert done.stdout.strip() == "True"
