@@ -65,6 +65,26 @@ class Reader:
         self.pos = len(self.data)
         return chunk
 
+    def chunks(self, max_chunks: int) -> list:
+        """A count byte, that many length bytes, then the rest of the input cut at those lengths:
+        how a harness feeds one stream in fuzzer-chosen pieces (see ``chunked_input``)."""
+        count = self.byte() % max_chunks
+        lengths = [self.byte() for _ in range(count)]
+        stream = self.rest()
+        chunks, pos = [], 0
+        for length in lengths:
+            chunks.append(stream[pos : pos + length])
+            pos += len(chunks[-1])
+        if pos < len(stream) or not chunks:
+            chunks.append(stream[pos:])
+        return chunks
+
+
+def chunked_input(options: int, stream: bytes, chunk_lengths, max_chunks: int) -> bytes:
+    """The input that ``Reader.byte()`` then ``Reader.chunks()`` read back as ``options``, ``stream``."""
+    lengths = bytes(chunk_lengths[: max_chunks - 1])
+    return bytes((options, len(lengths))) + lengths + stream
+
 
 def outcome(call, *args, **kwargs):
     """``("ok", result)`` or ``("error", type, close_code)``: what the contract says must agree."""

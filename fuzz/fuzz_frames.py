@@ -18,9 +18,8 @@ payload is at most 125 bytes, a data message at most ``max_message_size``, a clo
 
 from __future__ import annotations
 
-import sys
 
-from _common import TWINS, Finding, Reader, main, pure
+from _common import TWINS, Finding, Reader, chunked_input, main, pure
 from relay._errors import RemoteProtocolError
 
 MAX_MESSAGE_SIZES = (16 * 1024 * 1024, 0, 1, 4, 10, 125, 126, 65536)
@@ -31,15 +30,7 @@ DEAD_DECODER_PROBES = 2  # later calls on a failed decoder must raise the same e
 def parse_input(data: bytes):
     reader = Reader(data)
     options = reader.byte()
-    chunk_count = reader.byte() % MAX_CHUNKS
-    lengths = [reader.byte() for _ in range(chunk_count)]
-    stream = reader.rest()
-    chunks, pos = [], 0
-    for length in lengths:
-        chunks.append(stream[pos : pos + length])
-        pos += len(chunks[-1])
-    if pos < len(stream) or not chunks:
-        chunks.append(stream[pos:])
+    chunks = reader.chunks(MAX_CHUNKS)
     return dict(
         client_side=bool(options & 1),
         max_message_size=MAX_MESSAGE_SIZES[(options >> 1) & 7],
@@ -53,8 +44,7 @@ def make_input(stream: bytes, *, client_side=False, max_message_size=None, chunk
     """The fuzz input that replays ``stream`` (used to build the seed corpus)."""
     index = MAX_MESSAGE_SIZES.index(max_message_size if max_message_size is not None else MAX_MESSAGE_SIZES[0])
     options = (1 if client_side else 0) | index << 1
-    lengths = bytes(chunk_lengths[: MAX_CHUNKS - 1])
-    return bytes((options, len(lengths))) + lengths + stream
+    return chunked_input(options, stream, chunk_lengths, MAX_CHUNKS)
 
 
 def decode(module, chunks, *, client_side, max_message_size, use_buffer=False, wrap=bytes):

@@ -28,7 +28,7 @@ import h11
 import trio
 import trio.testing
 
-from _common import TWINS, Finding, Reader, expect_only, main, outcome, same
+from _common import TWINS, Finding, Reader, chunked_input, expect_only, main, outcome, same
 from relay._config import Config
 from relay._errors import EnvelopeError
 from relay._handshake import accept_headers, is_upgrade_request
@@ -93,23 +93,14 @@ def _the_server() -> Server:
 def parse_input(data: bytes):
     reader = Reader(data)
     options = reader.byte()
-    chunk_count = reader.byte() % MAX_CHUNKS
-    lengths = [reader.byte() for _ in range(chunk_count)]
-    stream = reader.rest()
-    chunks, pos = [], 0
-    for length in lengths:
-        chunks.append(stream[pos : pos + length])
-        pos += len(chunks[-1])
-    if pos < len(stream) or not chunks:
-        chunks.append(stream[pos:])
+    chunks = reader.chunks(MAX_CHUNKS)
     return dict(max_header_bytes=MAX_HEADER_BYTES[options & 3], public=not options & 4, chunks=chunks)
 
 
 def make_input(stream: bytes, *, max_header_bytes=None, public=True, chunk_lengths=()) -> bytes:
     index = MAX_HEADER_BYTES.index(max_header_bytes) if max_header_bytes is not None else 0
     options = index | (0 if public else 4)
-    lengths = bytes(chunk_lengths[: MAX_CHUNKS - 1])
-    return bytes((options, len(lengths))) + lengths + stream
+    return chunked_input(options, stream, chunk_lengths, MAX_CHUNKS)
 
 
 def h11_requests(chunks, max_header_bytes):

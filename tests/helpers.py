@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import os
+import pathlib
 import socket
 from typing import Optional
 
@@ -43,6 +45,15 @@ __all__ = [
     "new_session",
     "ws_target",
 ]
+
+
+def load_corpus(name: str):
+    """A checked-in bad-input corpus, tests/corpus/NAME.py (by path: tests/corpus is not a package)."""
+    path = pathlib.Path(__file__).parent / "corpus" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"relay_test_corpus_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pack(obj) -> bytes:

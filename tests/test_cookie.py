@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import re
 from http.cookies import SimpleCookie
 
@@ -14,17 +12,12 @@ from hypothesis import strategies as st
 import relay._fastpath as fast_twin
 import relay._purepath.cookie as pure_twin
 from relay._errors import CookieError
+from helpers import load_corpus
 
 
-def _load_corpus(name):
-    path = pathlib.Path(__file__).parent / "corpus" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"relay_test_corpus_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-COOKIES = _load_corpus("cookies")
+COOKIES = load_corpus("cookies")
 COOKIE_CASES = COOKIES.COOKIE_CASES
 TWINS = [pytest.param(pure_twin, id="pure"), pytest.param(fast_twin, id="cython")]
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

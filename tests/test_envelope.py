@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 
 import msgpack
 import pytest
@@ -13,17 +11,12 @@ from hypothesis import strategies as st
 import relay._fastpath as fast_twin
 import relay._purepath.envelope as pure_twin
 from relay._errors import EnvelopeError, LocalProtocolError
+from helpers import load_corpus
 
 
-def _load_corpus(name):
-    path = pathlib.Path(__file__).parent / "corpus" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"relay_test_corpus_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-ENVELOPE_CASES = _load_corpus("envelopes").ENVELOPE_CASES
+ENVELOPE_CASES = load_corpus("envelopes").ENVELOPE_CASES
 TWINS = [pytest.param(pure_twin, id="pure"), pytest.param(fast_twin, id="cython")]
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -328,7 +321,7 @@ def test_corrupted_envelopes_agree_with_msgpack_and_between_twins(kind, seq, bod
         assert pure[1:3] == verdict[1:]
         # the body offset is an object boundary: the rest is exactly one object
         msgpack.unpackb(envelope[pure[3]:], raw=True, strict_map_key=False,
-                        object_pairs_hook=list)
+                        object_pairs_hook=list, ext_hook=lambda code, payload: (code, payload))
 
 
 @SETTINGS

@@ -7,9 +7,7 @@ checked-in bad inputs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
 import random
 
 import pytest
@@ -21,18 +19,12 @@ import relay._accel as active
 import relay._fastpath as fast_twin
 import relay._purepath.frames as pure_twin
 from relay._errors import LocalProtocolError, RemoteProtocolError
+from helpers import load_corpus
 
 
-def _load_corpus(name):
-    # by path: tests/corpus is not a package, and other suites keep their corpora beside this one
-    path = pathlib.Path(__file__).parent / "corpus" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"relay_test_corpus_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-CASES = _load_corpus("frames").CASES
+CASES = load_corpus("frames").CASES
 
 TWINS = [pytest.param(pure_twin, id="pure"), pytest.param(fast_twin, id="cython")]
 MIB = 1024 * 1024
