@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import array
 import json
-import math
 import os
 import resource
 import struct

@@ -7,7 +7,6 @@ Every ``serve`` flag is a Config setting of the same name (``--max-message-bytes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import signal
 import sys
@@ -20,7 +19,7 @@ from relay._accel import implementation
 from relay._config import Config, ConfigError
 from relay._logging import configure_logging, log_event
 from relay._malloc import tune_malloc
-from relay._ring import Ring, evenly_spaced_tokens
+from relay._ring import evenly_spaced_tokens
 
 __all__ = ["main"]
 

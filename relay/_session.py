@@ -141,7 +141,7 @@ class Peer(Outbox):
 class SlaveRecord:
     """A slave that joined: its token and mode outlive any one connection."""
 
-    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "joined")
+    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer")
 
     def __init__(self, slave_id: str, token: str, agent_id: Optional[str]) -> None:
         self.slave_id = slave_id
@@ -149,7 +149,6 @@ class SlaveRecord:
         self.agent_id = agent_id
         self.mode = "pointer"
         self.peer: Optional[Peer] = None
-        self.joined = False
 
 
 class Session:
@@ -245,8 +244,6 @@ class Session:
             peer.push(message)
         if catchup in ("full", "resync", "pending", "resume"):
             peer.resync_pending = catchup != "resume"
-        if not record.joined:
-            record.joined = True
         self._broadcast_presence({"event": "joined", "slave": record.slave_id, "agent": record.agent_id,
                                   "mode": record.mode})
 

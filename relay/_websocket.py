@@ -151,7 +151,6 @@ class WebSocketConnection:
 
     async def _reader(self) -> None:
         decoder = self.decoder
-        handler = self.handler
         sock = self.sock
         yielder = Yielder()
         try:

@@ -5,7 +5,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -127,7 +126,6 @@ def test_ring_prints_owners_shares_and_replicas(tmp_path):
 
 def test_cli_tunes_malloc_by_default_and_can_be_told_not_to(tmp_path):
     from relay._cli import build_parser, load_config
-    from relay._malloc import tune_malloc
 
     assert load_config(build_parser().parse_args(["serve"])).tune_malloc is True
     assert load_config(build_parser().parse_args(["serve", "--tune-malloc", "false"])).tune_malloc is False
