@@ -3,7 +3,7 @@
 ``run() -> list[dict]`` is the entry point for benchmarks/fastpath.py; each dict is a ``Row``
 there: ``group``, ``case``, ``impl``, ``role`` ("relay" for a twin, "peer" for a reference),
 ``seconds`` (median time of one call), ``size`` (input bytes) and ``extra``.
-``python benchmarks/bench_primitives.py [--quick]`` prints the rows.
+``python -m benchmarks.bench_primitives [--quick]`` prints the rows.
 
 Every candidate is checked once for the right answer before it is timed.  Timings are never
 asserted anywhere: linear time and correctness are the tests' business (tests/test_cookie.py,
@@ -19,6 +19,8 @@ import timeit
 from http.cookies import SimpleCookie
 
 import msgpack
+
+from benchmarks._report import format_size
 
 import relay._purepath as pure_twin
 
@@ -81,12 +83,6 @@ def _rows(group, case, size, candidates, settings, extra=None):
     ]
 
 
-def _format_size(size: int) -> str:
-    if size >= MIB and size % MIB == 0:
-        return f"{size // MIB} MiB"
-    if size >= KIB and size % KIB == 0:
-        return f"{size // KIB} KiB"
-    return f"{size} B"
 
 
 # ---- cookies --------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def bench_cookies(settings) -> list[dict]:
         # SimpleCookie gives up on some of these (None) or finds another value: timed anyway.
         candidates["SimpleCookie"] = (
             "peer", lambda h=header: _simple_cookie_lookup(h, COOKIE_NAME), lambda value: True)
-        rows += _rows(f"adversarial cookie header ({_format_size(ADVERSARIAL_COOKIE_BYTES)})",
+        rows += _rows(f"adversarial cookie header ({format_size(ADVERSARIAL_COOKIE_BYTES)})",
                       case, len(header), candidates, slow_settings)
     return rows
 
@@ -201,7 +197,7 @@ def bench_envelopes(settings) -> list[dict]:
             packed = msgpack.packb(body)
             envelope = pure_twin.build_envelope("patch", SEQ, packed)
             offset = len(envelope) - len(packed)
-            case = f"{_format_size(size)} {shape}"
+            case = f"{format_size(size)} {shape}"
             candidates = {
                 label: ("relay", lambda twin=twin, e=envelope: twin.peek_envelope(e),
                         lambda result, o=offset: result == ("patch", SEQ, o))

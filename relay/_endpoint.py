@@ -33,14 +33,14 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
 class SessionSocketHandler:
     """The WebSocket MessageHandler of a session peer."""
 
-    def __init__(self, session: Session, peer: Peer, connection_ref: list, metrics) -> None:
+    def __init__(self, session: Session, peer: Peer, metrics) -> None:
         self.session = session
         self.peer = peer
-        self.connection_ref = connection_ref  # [WebSocketConnection], set once it exists
+        self.connection = None  # the WebSocketConnection, set once it is made (it needs this handler)
         self.metrics = metrics
 
     def on_message(self, opcode: int, payload: bytes) -> None:
-        connection = self.connection_ref[0]
+        connection = self.connection
         if opcode == OP_TEXT:
             connection.request_close(CLOSE_UNSUPPORTED_DATA, "text messages are not supported: send binary envelopes",
                                      discard_queued=True)

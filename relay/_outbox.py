@@ -41,7 +41,7 @@ class Outbox:
     after :meth:`close` was called.
     """
 
-    __slots__ = ("queue", "queued_bytes", "limit", "wakeup", "close_code", "close_reason",
+    __slots__ = ("queue", "queued_bytes", "limit", "wakeup", "on_close", "close_code", "close_reason",
                  "resync_pending", "last_seq_sent")
 
     def __init__(self, limit: int) -> None:
@@ -49,6 +49,7 @@ class Outbox:
         self.queued_bytes = 0
         self.limit = limit
         self.wakeup: Callable[[], None] = _nothing
+        self.on_close: Callable[[], None] = _nothing  # the transport's reaction to close()
         self.close_code: Optional[int] = None
         self.close_reason = ""
         self.resync_pending = False  # a resync is still queued: overflowing now means "cannot keep up"
@@ -98,4 +99,5 @@ class Outbox:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
+        self.on_close()
         self.wakeup()

@@ -368,14 +368,13 @@ class Server:
         config = self.config
         peer = Peer(role, transport="ws", limit=config.slave_queue_bytes, connection_id=connection_id)
         leftover = await http.switch_to_websocket(headers)
-        connection_ref: list = []
-        handler = SessionSocketHandler(session, peer, connection_ref, self.metrics)
+        handler = SessionSocketHandler(session, peer, self.metrics)
         connection = WebSocketConnection(
             http.sock, peer, handler, max_message_bytes=config.max_message_bytes,
             ping_interval_s=config.ping_interval_s, idle_timeout_s=config.idle_timeout_s,
             leftover=leftover, connection_id=connection_id,
         )
-        connection_ref.append(connection)
+        handler.connection = connection
         now = trio.current_time()
         try:
             if role is Role.MASTER:
@@ -399,7 +398,7 @@ class Server:
 
     def _poll_peer(self, session: Session, role: Role, record, after: Optional[int], epoch: Optional[int]) -> Peer:
         """The long-poll peer of this token, attaching a new one when there is none (or on resume)."""
-        current = session.master if role is Role.MASTER else record.peer
+        current = session.current_peer(role, record)
         now = trio.current_time()
         if current is not None and current.transport == "poll" and not current.closing:
             if after is None or after >= current.last_seq_sent or role is Role.MASTER:
@@ -444,7 +443,7 @@ class Server:
         session = self._session_or_404(session_id)
         role, record = self._authenticate(session, query.get("token"))
         body = await http.read_body(self.config.poll_body_bytes, self.config.handshake_timeout_s)
-        current = session.master if role is Role.MASTER else record.peer
+        current = session.current_peer(role, record)
         if current is not None and not current.closing:
             peer = current  # a client that receives on a WebSocket may still send by POST
         else:

@@ -242,8 +242,7 @@ class Session:
             peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq}))
         for message in messages:
             peer.push(message)
-        if catchup in ("full", "resync", "pending", "resume"):
-            peer.resync_pending = catchup != "resume"
+        peer.resync_pending = catchup != "resume"  # overflowing a catch-up means "cannot keep up"
         self._broadcast_presence({"event": "joined", "slave": record.slave_id, "agent": record.agent_id,
                                   "mode": record.mode})
 
@@ -263,6 +262,10 @@ class Session:
             self._slave_peers.remove(peer)
             if not self.ended:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
+
+    def current_peer(self, role: Role, record: Optional[SlaveRecord]) -> Optional[Peer]:
+        """The connection (either transport) that a token of this role has now, if any."""
+        return self.master if role is Role.MASTER else record.peer
 
     def poll_peers(self) -> list:
         return [peer for peer in self.peers() if peer.transport == "poll"]

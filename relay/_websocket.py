@@ -92,6 +92,7 @@ class WebSocketConnection:
         self._nursery: Optional[trio.Nursery] = None
         self._cancel_scope: Optional[trio.CancelScope] = None
         outbox.wakeup = self._notify
+        outbox.on_close = self._arm_close_deadline
 
     def _notify(self) -> None:
         # Called for every message queued to this connection: only a waiting writer needs the
@@ -99,8 +100,6 @@ class WebSocketConnection:
         if self._writer_waiting:
             self._writer_waiting = False
             self._wake.set()
-        if self.outbox.close_code is not None or self.close_code is not None:
-            self._arm_close_deadline()
 
     def _arm_close_deadline(self) -> None:
         """Once a close is decided, the connection ends within CLOSE_HANDSHAKE_TIMEOUT_S even if
@@ -126,6 +125,7 @@ class WebSocketConnection:
                     nursery.start_soon(self._keepalive)
         finally:
             self.outbox.wakeup = _nothing
+            self.outbox.on_close = _nothing
             close_socket(self.sock)
             self.handler.on_close()
 
@@ -145,6 +145,7 @@ class WebSocketConnection:
             self._messages_before_close = 0
         elif self._messages_before_close is None:
             self._messages_before_close = len(self.outbox.queue)
+        self._arm_close_deadline()
         self._notify()
 
     # ------------------------------------------------------------------ reading
