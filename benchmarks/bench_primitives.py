@@ -6,8 +6,8 @@ there: ``group``, ``case``, ``impl``, ``role`` ("relay" for a twin, "peer" for a
 ``python -m benchmarks.bench_primitives [--quick]`` prints the rows.
 
 Every candidate is checked once for the right answer before it is timed.  Timings are never
-asserted anywhere: linear time and correctness are the tests' business (tests/test_cookie.py,
-tests/test_tokens.py, tests/test_envelope.py).
+asserted anywhere: linear time and correctness are the tests' business (tests/unit/test_cookie.py,
+tests/unit/test_tokens.py, tests/unit/test_envelope.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The harnesses' one-input functions (``test_one_input(data: bytes)``) need neither atheris nor a
 fuzzer: they read their input with :class:`Reader`, a small deterministic stand-in for
-``atheris.FuzzedDataProvider``, so tests/test_fuzz_harnesses.py can replay seeds and crafted inputs
+``atheris.FuzzedDataProvider``, so tests/tooling/test_fuzz_harnesses.py can replay seeds and crafted inputs
 under plain pytest, and a crash file found by atheris replays the same way.
 """
 

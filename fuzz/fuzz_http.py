@@ -47,7 +47,7 @@ SESSION_PLACEHOLDER, MASTER_PLACEHOLDER, SLAVE_PLACEHOLDER = b"SID", b"MTOK", b"
 KNOWN_FINDINGS = (
     # (exception type, text in its message) of findings reported but not fixed yet.  The three the
     # first runs found (non-ASCII digits in after=, an unclosed IPv6 target, obs-text in Upgrade)
-    # are fixed and replayed by tests/test_fuzz_harnesses.py.
+    # are fixed and replayed by tests/tooling/test_fuzz_harnesses.py.
 )
 STRICT = os.environ.get("RELAY_FUZZ_STRICT", "") not in ("", "0")
 

@@ -1,7 +1,7 @@
 # WebSocket frames (RFC 6455): the Cython twin of relay/_purepath/frames.py.
 #
 # See docs/fastpath.md section 1.  The check order, error codes and the timing of every error are
-# those of the pure twin (read its module docstring); tests/test_frames.py proves they agree.
+# those of the pure twin (read its module docstring); tests/unit/test_frames.py proves they agree.
 #
 # Speed design: feed() never copies the caller's bytes into a buffer.  Payload bytes are unmasked
 # straight from the caller's buffer (or from the recv_into buffer) into the bytes object that

@@ -1,7 +1,7 @@
 """WebSocket frames (RFC 6455), pure-Python twin of relay/_fp_frames.pxi.
 
 See docs/fastpath.md section 1.  Every rule, check order and error code here is mirrored by the
-Cython twin; tests/test_frames.py proves they agree on random and adversarial byte streams.
+Cython twin; tests/unit/test_frames.py proves they agree on random and adversarial byte streams.
 
 Check order inside a frame header (the first fault found wins, as soon as its bytes are there):
 byte 0 (RSV bits, reserved opcode, fragmented control frame, continuation without a message,

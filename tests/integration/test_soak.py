@@ -1,9 +1,13 @@
 """A short soak in the default run: two waves of sessions, then nothing may be left behind.
 
-The long one is ``python tests/soak.py --seconds 120`` (see tests/soak.py).
+The long one is ``python scripts/soak.py --seconds 120`` (see scripts/soak.py).
 """
 
+import pytest
+
 import soak
+
+pytestmark = pytest.mark.slow
 
 
 async def test_sessions_come_and_go_without_leaks():

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-CHECKER_PATH = Path(__file__).resolve().parent.parent / "conformance" / "check_report.py"
+CHECKER_PATH = Path(__file__).resolve().parents[2] / "conformance" / "check_report.py"
 
 
 def _load_checker():

@@ -1,6 +1,6 @@
 """Soak: waves of sessions joining, sending and leaving a relay process; nothing may leak.
 
-    python tests/soak.py [--seconds 120] [--sessions-per-wave 50] [--slaves 3] [--messages 40]
+    python scripts/soak.py [--seconds 120] [--sessions-per-wave 50] [--slaves 3] [--messages 40]
 
 A relay node runs in its own process.  Each wave runs many sessions at once: create, a master and
 slaves connect, the master sends a snapshot and mutations that every slave must receive in order,
@@ -169,7 +169,7 @@ async def soak(seconds: float, sessions: int, slaves: int, messages: int, report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python tests/soak.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/soak.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--sessions-per-wave", type=int, default=50)
     parser.add_argument("--slaves", type=int, default=3)

@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-FUZZ_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fuzz")
+FUZZ_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fuzz")
 sys.path.insert(0, FUZZ_DIR)
 
 import _common  # noqa: E402

@@ -5,7 +5,7 @@ from pathlib import Path
 from relay._cli import SETTING_HELP
 from relay._config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_configuration_doc_lists_every_setting_with_its_flag():

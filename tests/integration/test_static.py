@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from relay import _accel
 from relay._session import Outgoing
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.node
+
+ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "relay" / "static"
 CLIENT_JS = STATIC / "client.js"
 NODE_TIMEOUT_S = 60
