@@ -35,6 +35,7 @@ ENVELOPE_BODY_SIZES = (1 * KIB, 50 * KIB, 1 * MIB, 5 * MIB)
 ADVERSARIAL_COOKIE_BYTES = 16 * KIB
 COOKIE_NAME = "gcbSessionServer"
 SEQ = 123456  # a uint32 seq: a 5-byte msgpack int, as in a long-lived session
+MASTER_TAIL = pure_twin.sender_tail("master")  # the stamp the relay appends (SPEC 4)
 # The labels benchmarks/fastpath.py uses for the twins and for the driver's C extension.
 FAST_LABEL, PURE_LABEL = "relay Cython", "relay pure"
 DRIVER_LABEL = "cassandra-driver"
@@ -200,7 +201,7 @@ def bench_envelopes(settings) -> list[dict]:
             case = f"{format_size(size)} {shape}"
             candidates = {
                 label: ("relay", lambda twin=twin, e=envelope: twin.peek_envelope(e),
-                        lambda result, o=offset: result == ("patch", SEQ, o))
+                        lambda result, o=offset, n=len(envelope): result == ("patch", SEQ, o, n))
                 for label, twin in _twins().items()
             }
             candidates["msgpack.unpackb"] = (
@@ -216,8 +217,8 @@ def bench_envelopes(settings) -> list[dict]:
                 # What the relay really does: a fresh header in front of the same body bytes.
                 candidates[f"{FAST_LABEL} frame header only"] = (
                     "relay",
-                    lambda p=packed: fast_twin.envelope_frame_header("patch", SEQ, len(p)),
-                    lambda header, e=envelope, o=offset: header.endswith(e[:o]))
+                    lambda p=packed: fast_twin.envelope_frame_header("patch", SEQ, len(p), MASTER_TAIL),
+                    lambda header, e=envelope, o=offset: header.endswith(b"\x94" + e[1:o]))
             candidates["msgpack.packb"] = (
                 "peer", lambda b=body: msgpack.packb(["patch", SEQ, b]),
                 lambda result, e=envelope: result == e)

@@ -118,7 +118,7 @@ def make_template(size: int, kind: str = MUTATION_KIND) -> tuple[bytearray, int]
         body_length += size - len(envelope)
         body_length = max(body_length, STAMP.size)
     envelope = bytearray(msgpack.packb([kind, 0, bytes(body_length)], use_bin_type=True))
-    _kind, _seq, offset = peek_envelope(bytes(envelope))
+    _kind, _seq, offset, _end = peek_envelope(bytes(envelope))
     return envelope, offset + BIN_HEADER_LENGTH[envelope[offset]]
 
 
@@ -139,7 +139,7 @@ class MaskedStamp:
 def read_stamp(payload) -> tuple | None:
     """(kind, time_ns, index) of a timed message, or None for anything else (hello, presence...)."""
     try:
-        kind, _seq, offset = peek_envelope(payload)
+        kind, _seq, offset, _end = peek_envelope(payload)
     except Exception:
         return None
     header = BIN_HEADER_LENGTH.get(payload[offset])

@@ -25,9 +25,9 @@ MAX_SEQ_BYTES = 10  # a little past 2**64 - 1, so the range check is exercised
 
 
 def _shape_ok(obj) -> bool:
-    if not isinstance(obj, (list, tuple)) or len(obj) != 3:
+    if not isinstance(obj, (list, tuple)) or len(obj) not in (3, 4):
         return False
-    kind, seq, _body = obj
+    kind, seq = obj[0], obj[1]
     if not isinstance(kind, str):
         return False
     try:  # not UTF-8 on the wire: surrogateescape left lone surrogates that cannot be encoded
@@ -65,8 +65,8 @@ def check_peek(data: bytes) -> None:
         if result[1] is not EnvelopeError or result[2] != 1007:
             raise Finding(f"peek_envelope({data!r}) raised {result[1].__name__} (close code {result[2]})")
     else:
-        kind, seq, offset = result[1]
-        if type(kind) is not str or type(seq) is not int or not 0 < offset < len(data):
+        kind, seq, offset, body_end = result[1]
+        if type(kind) is not str or type(seq) is not int or not 0 < offset < body_end <= len(data):
             raise Finding(f"peek_envelope({data!r}) returned {result[1]!r}")
     verdict = msgpack_verdict(data)
     accepted = result[0] == "ok"
@@ -84,8 +84,12 @@ def check_build(reader: Reader, negative: bool) -> None:
     same(f"envelope_header({kind!r}, {seq})", headers)
     built = {name: outcome(module.build_envelope, kind, seq, body) for name, module in TWINS}
     same(f"build_envelope({kind!r}, {seq}, {body!r})", built)
-    frame_headers = {name: outcome(module.envelope_frame_header, kind, seq, len(body)) for name, module in TWINS}
-    same(f"envelope_frame_header({kind!r}, {seq}, {len(body)})", frame_headers)
+    tail = pure.sender_tail("master")
+    stamped = {name: outcome(module.build_envelope, kind, seq, body, "master") for name, module in TWINS}
+    same(f"build_envelope({kind!r}, {seq}, {body!r}, 'master')", stamped)
+    frame_headers = {name: outcome(module.envelope_frame_header, kind, seq, len(body), tail)
+                     for name, module in TWINS}
+    same(f"envelope_frame_header({kind!r}, {seq}, {len(body)}, {tail!r})", frame_headers)
     if headers["pure"][0] == "error":
         if built["pure"][0] != "error" or frame_headers["pure"][0] != "error":
             raise Finding(f"envelope_header refuses ({kind!r}, {seq}) but build/frame header accept")
@@ -94,12 +98,15 @@ def check_build(reader: Reader, negative: bool) -> None:
     envelope = built["pure"][1]
     if envelope != header + body:
         raise Finding("build_envelope is not envelope_header + body")
-    frame = frame_headers["pure"][1] + body
+    delivered = stamped["pure"][1]
+    if delivered != bytes((0x94,)) + header[1:] + body + tail:
+        raise Finding("build_envelope with a sender is not the stamped header + body + tail")
+    frame = frame_headers["pure"][1] + body + tail
     for name, module in TWINS:
         decoder = module.FrameDecoder(client_side=True)
         decoder.feed(frame)
         events = [decoder.next_event(), decoder.next_event()]
-        if events != [(pure.OP_BINARY, envelope), None]:
+        if events != [(pure.OP_BINARY, delivered), None]:
             raise Finding(f"{name}: the envelope frame decodes to {events!r}")
     try:
         msgpack.unpackb(body, raw=True, strict_map_key=False, use_list=False, object_pairs_hook=list)
@@ -108,8 +115,11 @@ def check_build(reader: Reader, negative: bool) -> None:
         return
     for name, module in TWINS:
         peeked = outcome(module.peek_envelope, envelope)
-        if peeked != ("ok", (kind, seq, len(header))):
+        if peeked != ("ok", (kind, seq, len(header), len(envelope))):
             raise Finding(f"{name}: peek_envelope(build_envelope({kind!r}, {seq}, {body!r})) gave {peeked!r}")
+        peeked = outcome(module.peek_envelope, delivered)
+        if peeked != ("ok", (kind, seq, len(header), len(header) + len(body))):
+            raise Finding(f"{name}: peek_envelope of the stamped envelope gave {peeked!r}")
 
 
 def test_one_input(data: bytes) -> None:
@@ -138,8 +148,8 @@ def seeds():
     for case in ENVELOPE_CASES:
         yield make_peek_input(case["data"])
         if case["expected"][0] == "ok":
-            _, kind, seq, offset = case["expected"]
-            yield make_build_input(kind, seq, case["data"][offset:])
+            _, kind, seq, offset, body_end = case["expected"]
+            yield make_build_input(kind, seq, case["data"][offset:body_end])
 
 
 if __name__ == "__main__":

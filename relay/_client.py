@@ -33,10 +33,10 @@ from relay._accel import (
     parse_close_payload,
     peek_envelope,
 )
-from relay._errors import RelayError
+from relay._errors import EnvelopeError, RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
 
-__all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError"]
+__all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError", "parse_delivered"]
 
 RECV_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 10.0
@@ -44,11 +44,14 @@ CONNECT_TIMEOUT_S = 10.0
 
 class Envelope(NamedTuple):
     """One received message.  ``body`` is a read-only view of the packed msgpack body; it stays
-    valid as long as you keep it (it owns the received payload)."""
+    valid as long as you keep it (it owns the received payload).  ``sender`` is the relay's stamp:
+    ``"master"``, a slave's id (as ``hello`` and ``presence`` announce it), or ``""`` for the
+    relay's own messages; no client can choose it."""
 
     kind: str
     seq: int
     body: memoryview
+    sender: str
 
     def decode(self):
         """The body, unpacked (the relay itself never does this for DOM traffic)."""
@@ -178,6 +181,24 @@ class Client:
                                            headers=self._headers(), max_message_bytes=max_message_bytes)
 
 
+def parse_delivered(payload) -> Envelope:
+    """An envelope as the relay delivers it, ``[kind, seq, body, sender]``.
+
+    ``RemoteProtocolError`` (an ``EnvelopeError``) when it is malformed or its sender is not a str.
+    """
+    kind, seq, offset, body_end = peek_envelope(payload)
+    view = memoryview(payload)
+    if body_end == len(view):
+        raise EnvelopeError("the relay's envelope carries no sender")
+    try:
+        sender = msgpack.unpackb(view[body_end:], raw=False)
+    except ValueError:
+        sender = None
+    if not isinstance(sender, str):
+        raise EnvelopeError("the relay's envelope sender is not a str")
+    return Envelope(kind, seq, view[offset:body_end], sender)
+
+
 class ClientConnection:
     """A client WebSocket to the relay: masked frames out, envelopes in, pings answered."""
 
@@ -299,8 +320,7 @@ class ClientConnection:
     async def receive(self) -> Envelope:
         """The next envelope from the relay."""
         _opcode, payload = await self.receive_frame()
-        kind, seq, offset = peek_envelope(payload)
-        return Envelope(kind, seq, memoryview(payload)[offset:])
+        return parse_delivered(payload)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame, wait briefly for the relay's, and drop the connection."""

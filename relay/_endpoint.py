@@ -20,8 +20,9 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
     Refusals that leave the connection usable (a kind the role may not send) are answered with an
     ``error`` envelope queued for the sender.
     """
-    kind, _seq, body_offset = peek_envelope(payload)
-    body = memoryview(payload)[body_offset:]
+    # A client's own fourth element (a forged sender) ends at the peek: only the body goes on.
+    kind, _seq, body_offset, body_end = peek_envelope(payload)
+    body = memoryview(payload)[body_offset:body_end]
     if peer.role is Role.MASTER:
         error = session.from_master(peer, kind, body, now)
     else:

@@ -4,6 +4,7 @@ FASTPATH_NAMES = (
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_CONTROL_PAYLOAD",
     "MAX_KIND_BYTES",
+    "MAX_SENDER_BYTES",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONTINUATION",
@@ -24,5 +25,6 @@ FASTPATH_NAMES = (
     "parse_cookie",
     "peek_envelope",
     "random_token",
+    "sender_tail",
     "unmask",
 )

@@ -1,8 +1,9 @@
 # Envelope framing (docs/fastpath.md, section 2); twin of relay/_purepath/envelope.py.
 #
-# An envelope is the msgpack array [kind, seq, body].  The relay reads kind and seq and forwards
-# body untouched, so the body is only walked to prove it is one well-formed msgpack object:
-# lengths and counts are read, nothing is decoded, nothing is built, nothing recurses.
+# A client sends the msgpack array [kind, seq, body] (a fourth element is allowed and ignored); the
+# relay delivers [kind, seq, body, sender], sender being its own stamp.  The relay reads kind and seq
+# and forwards body untouched, so the body is only walked to prove it is one well-formed msgpack
+# object: lengths and counts are read, nothing is decoded, nothing is built, nothing recurses.
 
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
@@ -16,7 +17,9 @@ cdef extern from "Python.h":
     bint _env_is_int "PyLong_Check" (object value)
 
 MAX_KIND_BYTES = 32
+MAX_SENDER_BYTES = 255  # a str8 at most: "master", a slave id, or "" for the relay itself
 cdef Py_ssize_t _ENV_MAX_KIND_BYTES = 32
+cdef Py_ssize_t _ENV_MAX_SENDER_BYTES = 255
 cdef Py_ssize_t _ENV_FIXSTR_MAX_BYTES = 31
 # The longest frame payload RFC 6455 can express (the 64-bit length's top bit must be 0).
 cdef uint64_t _ENV_MAX_FRAME_PAYLOAD_BYTES = 0x7fffffffffffffffULL
@@ -39,7 +42,7 @@ cdef inline void _env_put_uint(unsigned char* out, uint64_t value, int width) no
         out[width - 1 - i] = <unsigned char>(value >> (8 * i))
 
 
-cdef Py_ssize_t _env_write_header(unsigned char* out, object kind, object seq) except -1:
+cdef Py_ssize_t _env_write_header(unsigned char* out, object kind, object seq, bint stamped) except -1:
     """Write the envelope header for (kind, seq) at ``out``; return its length."""
     cdef Py_ssize_t kind_length
     cdef const char* kind_bytes
@@ -61,7 +64,7 @@ cdef Py_ssize_t _env_write_header(unsigned char* out, object kind, object seq) e
         seq_value = seq
     except OverflowError:
         raise LocalProtocolError(f"envelope seq {seq} is outside 0..2**64-1") from None
-    out[0] = 0x93
+    out[0] = 0x94 if stamped else 0x93
     if kind_length <= _ENV_FIXSTR_MAX_BYTES:
         out[1] = 0xa0 | <unsigned char>kind_length
         pos = 2
@@ -91,48 +94,94 @@ cdef Py_ssize_t _env_write_header(unsigned char* out, object kind, object seq) e
     return pos + 9
 
 
-def envelope_header(kind, seq):
-    """The bytes that precede the body: ``0x93``, ``kind`` as fixstr/str8, ``seq`` as the
-    smallest msgpack unsigned int.  ``LocalProtocolError`` for an empty or too long kind or a seq
-    outside 0..2**64-1."""
+def envelope_header(kind, seq, *, stamped=False):
+    """The bytes that precede the body: ``0x93`` (``0x94`` when ``stamped``: a sender follows the
+    body), ``kind`` as fixstr/str8, ``seq`` as the smallest msgpack unsigned int.
+    ``LocalProtocolError`` for an empty or too long kind or a seq outside 0..2**64-1."""
     cdef unsigned char out[_ENV_MAX_FRAME_AND_HEADER_BYTES]
-    cdef Py_ssize_t length = _env_write_header(out, kind, seq)
+    cdef Py_ssize_t length = _env_write_header(out, kind, seq, stamped)
     return PyBytes_FromStringAndSize(<char*>out, length)
 
 
-def build_envelope(kind, seq, body):
-    """``envelope_header(kind, seq) + body``; ``body`` is one packed msgpack object, trusted."""
+def sender_tail(sender):
+    """The last element of a delivered envelope: ``sender`` as a msgpack str (fixstr or str8).
+
+    Built once per participant and sent after every body it sends.  ``LocalProtocolError`` past
+    MAX_SENDER_BYTES UTF-8 bytes or for text that is not encodable."""
+    cdef Py_ssize_t length
+    cdef const char* encoded
+    cdef bytes result
+    cdef unsigned char* out
+    if not PyUnicode_Check(sender):
+        raise TypeError(f"sender must be str, not {type(sender).__name__}")
+    try:
+        encoded = _env_utf8(sender, &length)
+    except UnicodeEncodeError:
+        raise LocalProtocolError("sender is not encodable as UTF-8") from None
+    if length > _ENV_MAX_SENDER_BYTES:
+        raise LocalProtocolError(f"sender must be at most {MAX_SENDER_BYTES} UTF-8 bytes, got {length}")
+    if length <= _ENV_FIXSTR_MAX_BYTES:
+        result = PyBytes_FromStringAndSize(NULL, 1 + length)
+        out = <unsigned char*>PyBytes_AS_STRING(result)
+        out[0] = 0xa0 | <unsigned char>length
+        memcpy(out + 1, encoded, length)
+    else:
+        result = PyBytes_FromStringAndSize(NULL, 2 + length)
+        out = <unsigned char*>PyBytes_AS_STRING(result)
+        out[0] = 0xd9
+        out[1] = <unsigned char>length
+        memcpy(out + 2, encoded, length)
+    return result
+
+
+def build_envelope(kind, seq, body, sender=None):
+    """``envelope_header(kind, seq) + body``, or with ``sender`` (a str) the stamped form
+    ``[kind, seq, body, sender]``; ``body`` is one packed msgpack object, trusted."""
     cdef unsigned char out[_ENV_MAX_FRAME_AND_HEADER_BYTES]
-    cdef Py_ssize_t header_length = _env_write_header(out, kind, seq)
+    cdef bytes tail = sender_tail(sender) if sender is not None else b""
+    cdef Py_ssize_t header_length = _env_write_header(out, kind, seq, sender is not None)
+    cdef Py_ssize_t tail_length = len(tail)
     cdef Py_buffer view
     cdef bytes result
+    cdef char* dest
     PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
     try:
-        result = PyBytes_FromStringAndSize(NULL, header_length + view.len)
-        memcpy(PyBytes_AS_STRING(result), out, header_length)
-        memcpy(PyBytes_AS_STRING(result) + header_length, view.buf, view.len)
+        result = PyBytes_FromStringAndSize(NULL, header_length + view.len + tail_length)
+        dest = PyBytes_AS_STRING(result)
+        memcpy(dest, out, header_length)
+        memcpy(dest + header_length, view.buf, view.len)
+        if tail_length:
+            memcpy(dest + header_length + view.len, PyBytes_AS_STRING(tail), tail_length)
     finally:
         PyBuffer_Release(&view)
     return result
 
 
-def envelope_frame_header(kind, seq, body_length):
-    """The unmasked FIN binary WebSocket frame header for the envelope, then the envelope header.
+def envelope_frame_header(kind, seq, body_length, sender_tail):
+    """The unmasked FIN binary WebSocket frame header of a stamped envelope, then its header.
 
-    Send it followed by the body bytes (``sendmsg([header, body])``): the body is never copied.
+    Send it, the body and ``sender_tail`` back to back (``sendmsg([header, body, tail])``): the
+    body is never copied.  The frame's length counts all three.
     """
     cdef unsigned char header[_ENV_MAX_FRAME_AND_HEADER_BYTES]
     cdef unsigned char out[_ENV_MAX_FRAME_AND_HEADER_BYTES + 10]
-    cdef Py_ssize_t header_length, frame_length
+    cdef Py_ssize_t header_length, frame_length, tail_length
     cdef uint64_t payload_length
+    cdef Py_buffer tail_view
     if not _env_is_int(body_length) or _env_is_bool(body_length):
         raise TypeError(f"body_length must be int, not {type(body_length).__name__}")
     if body_length < 0:
         raise LocalProtocolError(f"negative body length {body_length}")
-    header_length = _env_write_header(header, kind, seq)
-    if body_length > _ENV_MAX_FRAME_PAYLOAD_BYTES - <uint64_t>header_length:
-        raise LocalProtocolError(f"frame payload of {header_length + body_length} bytes is too long")
-    payload_length = <uint64_t>body_length + <uint64_t>header_length
+    PyObject_GetBuffer(sender_tail, &tail_view, PyBUF_SIMPLE)
+    tail_length = tail_view.len
+    PyBuffer_Release(&tail_view)
+    if tail_length == 0:
+        raise LocalProtocolError("a stamped envelope needs a sender (an empty str packs as 0xa0)")
+    header_length = _env_write_header(header, kind, seq, True)
+    if body_length > _ENV_MAX_FRAME_PAYLOAD_BYTES - <uint64_t>(header_length + tail_length):
+        raise LocalProtocolError(
+            f"frame payload of {header_length + body_length + tail_length} bytes is too long")
+    payload_length = <uint64_t>body_length + <uint64_t>(header_length + tail_length)
     out[0] = 0x82
     if payload_length < 126:
         out[1] = <unsigned char>payload_length
@@ -215,6 +264,7 @@ cdef Py_ssize_t _env_skip_one_object(const unsigned char* p, Py_ssize_t pos,
 
 cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end):
     cdef Py_ssize_t pos
+    cdef uint64_t count
     cdef Py_ssize_t kind_length
     cdef unsigned char marker
     cdef int width
@@ -225,17 +275,19 @@ cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end):
     if end == 0:
         raise EnvelopeError("truncated envelope: empty message")
     marker = p[0]
-    if marker == 0x93:
+    if marker == 0x93 or marker == 0x94:
+        count = marker & 0x0f
         pos = 1
     elif marker == 0xdc or marker == 0xdd:
         width = 2 if marker == 0xdc else 4
         if end < 1 + width:
             raise EnvelopeError("truncated envelope: array header cut short")
-        if _env_uint(p + 1, width) != 3:
-            raise EnvelopeError("envelope is not an array of 3")
+        count = _env_uint(p + 1, width)
+        if count != 3 and count != 4:
+            raise EnvelopeError("envelope is not an array of 3 or 4")
         pos = 1 + width
     else:
-        raise EnvelopeError("envelope is not an array of 3")
+        raise EnvelopeError("envelope is not an array of 3 or 4")
 
     # kind
     if pos >= end:
@@ -294,16 +346,22 @@ cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end):
     if pos >= end:
         raise EnvelopeError("truncated envelope: no body")
     cdef Py_ssize_t body_end = _env_skip_one_object(p, pos, end)
-    if body_end != end:
-        raise EnvelopeError(f"trailing bytes after the envelope body: {end - body_end}")
-    return (kind, seq, pos)
+    cdef Py_ssize_t last = body_end
+    if count == 4:
+        if body_end >= end:
+            raise EnvelopeError("truncated envelope: no fourth element")
+        last = _env_skip_one_object(p, body_end, end)
+    if last != end:
+        raise EnvelopeError(f"trailing bytes after the envelope: {end - last}")
+    return (kind, seq, pos, body_end)
 
 
 def peek_envelope(data):
-    """Check that ``data`` is exactly one ``[kind, seq, body]`` envelope; return
-    ``(kind, seq, body_offset)`` where ``data[body_offset:]`` is the body.
+    """Check that ``data`` is exactly one envelope, ``[kind, seq, body]`` or
+    ``[kind, seq, body, extra]``; return ``(kind, seq, body_offset, body_end)``, where
+    ``data[body_offset:body_end]`` is the body (``body_end == len(data)`` for three elements).
 
-    Nothing of the body is copied or decoded, and the buffer of ``data`` is released before this
+    A fourth element must be one well-formed msgpack object too.  Nothing of the body is copied or decoded, and the buffer of ``data`` is released before this
     returns, so nothing here outlives the call.  Raises ``EnvelopeError`` (close code 1007).
     """
     cdef Py_buffer view

@@ -1,7 +1,7 @@
 """A byte-bounded queue of ready-to-send messages, drained by one transport writer.
 
-Every queued item has ``head`` and ``body`` (sent back to back, as two iovecs of one sendmsg),
-``size`` (their total length) and ``seq``.  The queue itself never drops anything: the policy for
+Every queued item has ``head``, ``body`` and ``tail`` (sent back to back, as iovecs of one
+sendmsg; an empty one is skipped), ``size`` (their total length) and ``seq``.  The queue itself never drops anything: the policy for
 a full queue belongs to whoever pushes (see Session._publish and _deliver_past_bound).
 """
 
@@ -13,17 +13,18 @@ from typing import Callable, Optional
 __all__ = ["Outbox", "RawFrame", "WRITER_BATCH_BYTES", "WRITER_BATCH_FRAMES"]
 
 WRITER_BATCH_BYTES = 4 * 1024 * 1024  # the most one writer takes from a queue for one send
-WRITER_BATCH_FRAMES = 256  # two iovecs each, far below IOV_MAX (1024)
+WRITER_BATCH_FRAMES = 256  # three iovecs each, below IOV_MAX (1024)
 
 
 class RawFrame:
     """A frame that is not an envelope (echo server, control frames): ``head + body``."""
 
-    __slots__ = ("head", "body", "size", "seq", "kind")
+    __slots__ = ("head", "body", "tail", "size", "seq", "kind")
 
     def __init__(self, head: bytes, body) -> None:
         self.head = head
         self.body = body
+        self.tail = b""
         self.size = len(head) + len(body)
         self.seq = 0
         self.kind = ""

@@ -263,6 +263,8 @@ class WebSocketConnection:
                         # An empty iovec is never consumed by sendmsg: send_buffers would spin on it.
                         if message.body:
                             buffers.append(message.body)
+                        if message.tail:
+                            buffers.append(message.tail)
                 elif outbox.closing and self.close_code is None:
                     # The session asked to close after what it queued: that is all sent now.
                     self.close_code = outbox.close_code

@@ -28,7 +28,7 @@ from relay._accel import (
     parse_close_payload,
     peek_envelope,
 )
-from relay._client import ConnectionClosed, HTTPStatusError
+from relay._client import ConnectionClosed, HTTPStatusError, parse_delivered
 from relay._server import Server
 
 __all__ = [
@@ -221,7 +221,7 @@ class RawSocket:
             self.decoder.feed(data)
 
     async def receive(self):
-        """The next envelope (kind, seq, body), skipping control frames; raises ConnectionClosed."""
+        """The next envelope (kind, seq, body, sender), skipping control frames; raises ConnectionClosed."""
         while True:
             event = await self.next_event()
             if event is None:
@@ -231,8 +231,7 @@ class RawSocket:
                 code, reason = parse_close_payload(payload)
                 raise ConnectionClosed(code, reason)
             if opcode == OP_BINARY:
-                kind, seq, offset = peek_envelope(payload)
-                return relay.Envelope(kind, seq, memoryview(payload)[offset:])
+                return parse_delivered(payload)
 
     async def close_code(self, *, answer_pings: bool = True) -> Optional[int]:
         """Read until the close frame; its code (None if TCP closed without one)."""

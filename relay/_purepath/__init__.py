@@ -7,10 +7,12 @@ from relay._fastpath_api import FASTPATH_NAMES
 from relay._purepath.cookie import build_set_cookie, parse_cookie
 from relay._purepath.envelope import (
     MAX_KIND_BYTES,
+    MAX_SENDER_BYTES,
     build_envelope,
     envelope_frame_header,
     envelope_header,
     peek_envelope,
+    sender_tail,
 )
 from relay._purepath.frames import (
     DEFAULT_MAX_MESSAGE_BYTES,

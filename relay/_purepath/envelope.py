@@ -1,9 +1,11 @@
 """Envelope framing, pure-Python twin of relay/_fp_envelope.pxi (see docs/fastpath.md, section 2).
 
-An envelope is the msgpack array ``[kind, seq, body]``.  The relay reads ``kind`` and ``seq`` and
-forwards ``body`` untouched, so the body is only walked to prove it is one well-formed msgpack
-object: lengths and counts are read, nothing is decoded, nothing is built, nothing recurses (a
-hostile body nested a million deep costs a counter, not a Python stack).
+A client sends the msgpack array ``[kind, seq, body]`` (a fourth element is allowed and ignored);
+the relay delivers ``[kind, seq, body, sender]``, ``sender`` being its own stamp of who sent it.
+The relay reads ``kind`` and ``seq`` and forwards ``body`` untouched, so the body (and a client's
+fourth element) is only walked to prove it is one well-formed msgpack object: lengths and counts
+are read, nothing is decoded, nothing is built, nothing recurses (a hostile body nested a million
+deep costs a counter, not a Python stack).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from relay._errors import EnvelopeError, LocalProtocolError
 
 __all__ = [
     "MAX_KIND_BYTES",
+    "MAX_SENDER_BYTES",
     "build_envelope",
     "envelope_frame_header",
     "envelope_header",
     "peek_envelope",
+    "sender_tail",
 ]
 
 MAX_KIND_BYTES = 32
+MAX_SENDER_BYTES = 255  # a str8 at most: "master", a slave id, or "" for the relay itself
 MAX_SEQ = 2**64 - 1
 
 # The longest unmasked frame payload length RFC 6455 can express (the 64-bit field's top bit is 0).
@@ -28,6 +33,7 @@ _FRAME_LENGTH_16 = 126
 _FRAME_LENGTH_64 = 127
 
 _FIXARRAY_3 = 0x93
+_FIXARRAY_4 = 0x94
 _FIXSTR_MAX_BYTES = 31
 _STR8 = 0xD9
 _UINT8, _UINT16, _UINT32, _UINT64 = 0xCC, 0xCD, 0xCE, 0xCF
@@ -80,34 +86,61 @@ def _encode_seq(seq) -> bytes:
     return bytes((_UINT64,)) + seq.to_bytes(8, "big")
 
 
-def envelope_header(kind: str, seq: int) -> bytes:
-    """The bytes that precede the body: ``0x93``, ``kind`` as fixstr/str8, ``seq`` as the
-    smallest msgpack unsigned int.  ``LocalProtocolError`` for an empty or too long kind or a seq
-    outside 0..2**64-1."""
+def envelope_header(kind: str, seq: int, *, stamped: bool = False) -> bytes:
+    """The bytes that precede the body: ``0x93`` (``0x94`` when ``stamped``: a sender follows the
+    body), ``kind`` as fixstr/str8, ``seq`` as the smallest msgpack unsigned int.
+    ``LocalProtocolError`` for an empty or too long kind or a seq outside 0..2**64-1."""
     encoded = _encode_kind(kind)
+    array = _FIXARRAY_4 if stamped else _FIXARRAY_3
     if len(encoded) <= _FIXSTR_MAX_BYTES:
-        kind_header = bytes((_FIXARRAY_3, 0xA0 | len(encoded)))
+        kind_header = bytes((array, 0xA0 | len(encoded)))
     else:
-        kind_header = bytes((_FIXARRAY_3, _STR8, len(encoded)))
+        kind_header = bytes((array, _STR8, len(encoded)))
     return kind_header + encoded + _encode_seq(seq)
 
 
-def build_envelope(kind: str, seq: int, body) -> bytes:
-    """``envelope_header(kind, seq) + body``; ``body`` is one packed msgpack object, trusted."""
-    return envelope_header(kind, seq) + bytes(body)
+def sender_tail(sender: str) -> bytes:
+    """The last element of a delivered envelope: ``sender`` as a msgpack str (fixstr or str8).
+
+    Built once per participant and sent after every body it sends.  ``LocalProtocolError`` past
+    MAX_SENDER_BYTES UTF-8 bytes or for text that is not encodable."""
+    if not isinstance(sender, str):
+        raise TypeError(f"sender must be str, not {type(sender).__name__}")
+    try:
+        encoded = sender.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError("sender is not encodable as UTF-8") from None
+    if len(encoded) > MAX_SENDER_BYTES:
+        raise LocalProtocolError(f"sender must be at most {MAX_SENDER_BYTES} UTF-8 bytes, got {len(encoded)}")
+    if len(encoded) <= _FIXSTR_MAX_BYTES:
+        return bytes((0xA0 | len(encoded),)) + encoded
+    return bytes((_STR8, len(encoded))) + encoded
 
 
-def envelope_frame_header(kind: str, seq: int, body_length: int) -> bytes:
-    """The unmasked FIN binary WebSocket frame header for the envelope, then the envelope header.
+def build_envelope(kind: str, seq: int, body, sender=None) -> bytes:
+    """``envelope_header(kind, seq) + body``, or with ``sender`` (a str) the stamped form
+    ``[kind, seq, body, sender]``; ``body`` is one packed msgpack object, trusted."""
+    if sender is None:
+        return envelope_header(kind, seq) + bytes(body)
+    tail = sender_tail(sender)
+    return envelope_header(kind, seq, stamped=True) + bytes(body) + tail
 
-    Send it followed by the body bytes (``sendmsg([header, body])``): the body is never copied.
+
+def envelope_frame_header(kind: str, seq: int, body_length: int, sender_tail) -> bytes:
+    """The unmasked FIN binary WebSocket frame header of a stamped envelope, then its header.
+
+    Send it, the body and ``sender_tail`` back to back (``sendmsg([header, body, tail])``): the
+    body is never copied.  The frame's length counts all three.
     """
     if not isinstance(body_length, int) or isinstance(body_length, bool):
         raise TypeError(f"body_length must be int, not {type(body_length).__name__}")
     if body_length < 0:
         raise LocalProtocolError(f"negative body length {body_length}")
-    header = envelope_header(kind, seq)
-    payload_length = len(header) + body_length
+    tail_length = len(_byte_view(sender_tail))
+    if tail_length == 0:
+        raise LocalProtocolError("a stamped envelope needs a sender (an empty str packs as 0xa0)")
+    header = envelope_header(kind, seq, stamped=True)
+    payload_length = len(header) + body_length + tail_length
     if payload_length > _MAX_FRAME_PAYLOAD_BYTES:
         raise LocalProtocolError(f"frame payload of {payload_length} bytes is too long")
     if payload_length < _FRAME_LENGTH_16:
@@ -135,37 +168,45 @@ def _uint(data, start: int, width: int) -> int:
     return int.from_bytes(data[start : start + width], "big")
 
 
-def peek_envelope(data) -> tuple[str, int, int]:
-    """Check that ``data`` is exactly one ``[kind, seq, body]`` envelope; return
-    ``(kind, seq, body_offset)`` where ``data[body_offset:]`` is the body.
+def peek_envelope(data) -> tuple[str, int, int, int]:
+    """Check that ``data`` is exactly one envelope, ``[kind, seq, body]`` or
+    ``[kind, seq, body, extra]``; return ``(kind, seq, body_offset, body_end)``, where
+    ``data[body_offset:body_end]`` is the body (``body_end == len(data)`` for three elements).
 
-    Nothing of the body is copied or decoded, so no view into ``data`` outlives this call.
-    Raises ``EnvelopeError`` (close code 1007) naming the fault.
+    A fourth element must be one well-formed msgpack object too; the relay ignores a client's and
+    reads its own stamp from it on the client side.  Nothing of the body is copied or decoded, so
+    no view into ``data`` outlives this call.  Raises ``EnvelopeError`` (close code 1007) naming
+    the fault.
     """
     data = _byte_view(data)
     end = len(data)
     if end == 0:
         raise EnvelopeError("truncated envelope: empty message")
     marker = data[0]
-    if marker == _FIXARRAY_3:
-        pos = 1
-    elif marker == 0xDC and end >= 3 and _uint(data, 1, 2) == 3:
-        pos = 3
-    elif marker == 0xDD and end >= 5 and _uint(data, 1, 4) == 3:
-        pos = 5
+    if marker == _FIXARRAY_3 or marker == _FIXARRAY_4:
+        count, pos = marker & 0x0F, 1
+    elif marker == 0xDC and end >= 3 and _uint(data, 1, 2) in (3, 4):
+        count, pos = _uint(data, 1, 2), 3
+    elif marker == 0xDD and end >= 5 and _uint(data, 1, 4) in (3, 4):
+        count, pos = _uint(data, 1, 4), 5
     elif marker in (0xDC, 0xDD) and end < (3 if marker == 0xDC else 5):
         raise EnvelopeError("truncated envelope: array header cut short")
     else:
-        raise EnvelopeError("envelope is not an array of 3")
+        raise EnvelopeError("envelope is not an array of 3 or 4")
 
     kind, pos = _peek_kind(data, pos, end)
     seq, pos = _peek_seq(data, pos, end)
     if pos >= end:
         raise EnvelopeError("truncated envelope: no body")
     body_end = _skip_one_object(data, pos, end)
-    if body_end != end:
-        raise EnvelopeError(f"trailing bytes after the envelope body: {end - body_end}")
-    return kind, seq, pos
+    last = body_end
+    if count == 4:
+        if body_end >= end:
+            raise EnvelopeError("truncated envelope: no fourth element")
+        last = _skip_one_object(data, body_end, end)
+    if last != end:
+        raise EnvelopeError(f"trailing bytes after the envelope: {end - last}")
+    return kind, seq, pos, body_end
 
 
 def _peek_kind(data, pos: int, end: int) -> tuple[str, int]:

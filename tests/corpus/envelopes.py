@@ -1,8 +1,9 @@
 """Envelopes, good and bad, with what ``peek_envelope`` must say about them.
 
 Each case: ``data`` (the whole message), ``why``, and ``expected``: either
-``("ok", kind, seq, body_offset)`` or ``("error", fragment)`` where ``fragment`` must appear in the
-``EnvelopeError`` message.
+``("ok", kind, seq, body_offset, body_end)`` or ``("error", fragment)`` where ``fragment`` must
+appear in the ``EnvelopeError`` message.  A case of three elements may leave ``body_end`` out: it is
+then the whole message (filled in at the end of this file).
 """
 
 OK_BODY = b"\x81\xa1k\x01"  # {"k": 1}
@@ -50,15 +51,37 @@ ENVELOPE_CASES = [
          why="map16 with non-str keys"),
     dict(data=b"\x93\xa1k\x01\xa2\xff\xfe", expected=("ok", "k", 1, 4),
          why="a body str that is not UTF-8 is not decoded, so not refused"),
+    # with a fourth element: a client's is ignored (any one object), the relay's is its sender stamp
+    dict(data=b"\x94\xa4ping\x01\xc0\xc0", expected=("ok", "ping", 1, 7, 8),
+         why="array of 4, nil fourth"),
+    dict(data=b"\x94\xa4chat\x00\x81\xa1t\xa2hi\xa6master", expected=("ok", "chat", 0, 7, 13),
+         why="array of 4, a str sender after a map body"),
+    dict(data=b"\x94\xa4chat\x00\xc0\xa0", expected=("ok", "chat", 0, 7, 8),
+         why="array of 4, the relay's own empty sender"),
+    dict(data=b"\x94\xa1k\x01\xa2hi\x82\xa2id\xa5agent\xa3via\x91\xc3", expected=("ok", "k", 1, 4, 7),
+         why="array of 4, a forged sender map: one object, skipped"),
+    dict(data=b"\xdc\x00\x04\xa4ping\x01\xc0\xc0", expected=("ok", "ping", 1, 9, 10),
+         why="array16 of 4"),
+    dict(data=b"\xdd\x00\x00\x00\x04\xa4ping\x01\xc0\xd9\x20" + b"s" * 32,
+         expected=("ok", "ping", 1, 11, 12), why="array32 of 4, str8 sender"),
     # not an envelope
     dict(data=b"", expected=("error", "truncated"), why="empty"),
     dict(data=b"\x92\xa4ping\x01", expected=("error", "not an array of 3"), why="array of 2"),
-    dict(data=b"\x94\xa4ping\x01\xc0\xc0", expected=("error", "not an array of 3"),
-         why="array of 4"),
     dict(data=b"\x83\xa4ping\x01\xc0\xc0\xc0\xc0", expected=("error", "not an array of 3"),
          why="a map"),
-    dict(data=b"\xdc\x00\x04\xa4ping\x01\xc0\xc0", expected=("error", "not an array of 3"),
-         why="array16 of 4"),
+    dict(data=b"\x95\xa4ping\x01\xc0\xc0\xc0", expected=("error", "not an array of 3 or 4"),
+         why="array of 5"),
+    dict(data=b"\xdc\x00\x05\xa4ping\x01\xc0\xc0\xc0", expected=("error", "not an array of 3 or 4"),
+         why="array16 of 5"),
+    dict(data=b"\x90", expected=("error", "not an array of 3 or 4"), why="empty array"),
+    dict(data=b"\x94\xa4ping\x01\xc0", expected=("error", "no fourth element"),
+         why="array of 4 with three elements"),
+    dict(data=b"\x94\xa4ping\x01\xa5maste", expected=("error", "truncated"),
+         why="array of 4 whose fourth element is cut short"),
+    dict(data=b"\x94\xa4ping\x01\xc0\xc1", expected=("error", "reserved"),
+         why="array of 4 whose fourth element is the reserved byte"),
+    dict(data=b"\x94\xa4ping\x01\xc0\xa1x\xc0", expected=("error", "trailing"),
+         why="array of 4 and a fifth object after it"),
     dict(data=b"\xdc\x00", expected=("error", "truncated"), why="array16 header cut short"),
     dict(data=b"\xc1", expected=("error", "not an array of 3"), why="reserved byte first"),
     # bad kind
@@ -118,3 +141,8 @@ ENVELOPE_CASES = [
          why="fixext1 of reserved type -2 is accepted"),
     dict(data=b"\x93\xa1k\x01\xa5abc", expected=("error", "truncated"), why="fixstr cut short"),
 ]
+
+for _case in ENVELOPE_CASES:
+    if _case["expected"][0] == "ok" and len(_case["expected"]) == 4:
+        _case["expected"] = _case["expected"] + (len(_case["data"]),)
+del _case

@@ -21,8 +21,9 @@ def envelope(kind: str, body_obj) -> bytes:
 
 
 def decode(message: bytes) -> tuple:
-    kind, seq, body = msgpack.unpackb(message, raw=False)
-    return kind, seq, body
+    """A delivered envelope, read by plain msgpack: (kind, seq, body, sender)."""
+    kind, seq, body, sender = msgpack.unpackb(message, raw=False)
+    return kind, seq, body, sender
 
 
 def run_asyncio(coroutine_function, *args):
@@ -74,7 +75,7 @@ async def third_party_master(url: str, mutations: int) -> list:
 
 def state_of(items) -> State:
     state = State()
-    for kind, seq, body in items:
+    for kind, seq, body, _sender in items:
         state.apply(_Env(kind, seq, msgpack.packb(body, use_bin_type=True)))
     return state
 
@@ -104,7 +105,7 @@ async def test_websockets_library_as_master_and_as_slave():
                 ours_items = []
                 while True:
                     got = await ours.receive()
-                    ours_items.append((got.kind, got.seq, got.decode()))
+                    ours_items.append((got.kind, got.seq, got.decode(), got.sender))
                     if got.kind == "mutation" and got.decode() == END:
                         break
                 await ours.send("pointer", pack({"x": 1, "y": 2}))
@@ -114,8 +115,10 @@ async def test_websockets_library_as_master_and_as_slave():
     assert live(theirs_items) == live(ours_items)
     assert [item[2] for item in live(ours_items)] == ["<html>third party</html>"] + list(range(300)) + [END]
     assert state_of(theirs_items).page() == state_of(ours_items).page()
+    assert {item[3] for item in live(theirs_items)} == {"master"}
     pointer = results["master"][-1]
     assert pointer[0] == "pointer" and pointer[2] == {"x": 1, "y": 2} and pointer[1] >= 1
+    assert pointer[3] == ours_join["slave"]
 
 
 async def test_websockets_slave_talks_to_relay_client_master():
@@ -138,13 +141,16 @@ async def test_websockets_slave_talks_to_relay_client_master():
                 for i in range(50):
                     await master.send("mutation", pack(i))
                 await master.send("mutation", pack(END))
-                got = {}
+                got, senders = {}, {}
                 while "pointer" not in got or "chat" not in got:
                     item = await master.receive()
                     got[item.kind] = item.decode()
+                    senders[item.kind] = item.sender
             await master.close()
     assert got["pointer"] == {"x": 3, "y": 4}
     assert got["chat"] == "from websockets"
+    assert senders["pointer"] == senders["chat"] == join["slave"]
+    assert senders["hello"] == ""
     items = results["slave"]
     assert items[0][0] == "hello" and items[0][2]["role"] == "slave"
     assert [item[2] for item in items if item[0] == "mutation"] == list(range(50)) + [END]

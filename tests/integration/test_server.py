@@ -206,7 +206,7 @@ async def test_long_poll_slave_gets_same_stream_posts_and_resumes():
             while True:
                 envelope = await master.receive()
                 if envelope.kind == "pointer":
-                    assert envelope.decode() == [1, 2]
+                    assert envelope.decode() == [1, 2] and envelope.sender == poll_join["slave"]
                     break
             # the WebSocket slave saw the same stream with the same seqs
             ws_items = []
@@ -214,14 +214,16 @@ async def test_long_poll_slave_gets_same_stream_posts_and_resumes():
                 envelope = await ws.receive()
                 if envelope.kind == "hello":
                     continue
-                ws_items.append((envelope.kind, envelope.seq, envelope.decode()))
+                ws_items.append((envelope.kind, envelope.seq, envelope.decode(), envelope.sender))
                 if envelope.kind == "chat":
                     break
             last_polled = received[-1][1]
             overlap = [item for item in ws_items if item[1] <= last_polled and item[1] >= received[0][1]]
             assert overlap == received
             chat = await poll_get(client, sid, token)
-            assert ("chat", ws_items[-1][1], "hello from poll") in chat
+            # both transports carry the relay's stamp: the POSTing slave's id
+            assert ("chat", ws_items[-1][1], "hello from poll", poll_join["slave"]) in chat
+            assert {item[3] for item in received} == {"master"}
             # resume with after=SEQ on a new poll peer: exactly what was missed
             resume_from = ws_items[-1][1]
             for i in range(3):

@@ -170,8 +170,8 @@ def test_frames_harness_catches_a_chunking_dependence(monkeypatch):
 
 def test_envelope_harness_catches_a_wrong_offset(monkeypatch):
     def shifted(data):
-        kind, seq, offset = _common.fast.peek_envelope(data)
-        return kind, seq, offset + 1
+        kind, seq, offset, body_end = _common.fast.peek_envelope(data)
+        return kind, seq, offset + 1, body_end
 
     monkeypatch.setattr(fuzz_envelope, "TWINS", _fast_with(peek_envelope=shifted))
     with pytest.raises(_common.Finding):
@@ -180,7 +180,7 @@ def test_envelope_harness_catches_a_wrong_offset(monkeypatch):
 
 def test_envelope_harness_holds_both_twins_to_msgpack(monkeypatch):
     def accepts_everything(data):
-        return "k", 0, 1
+        return "k", 0, 1, 2
 
     monkeypatch.setattr(fuzz_envelope, "TWINS", (("pure", types.SimpleNamespace(peek_envelope=accepts_everything)),
                                                  ("fast", types.SimpleNamespace(peek_envelope=accepts_everything))))

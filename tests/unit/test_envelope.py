@@ -50,9 +50,9 @@ def msgpack_verdict(data):
         if "timestamp" in str(exc):
             return ("timestamp",)
         return ("error",)
-    if not (isinstance(obj, list) and len(obj) == 3):
+    if not (isinstance(obj, list) and len(obj) in (3, 4)):
         return ("error",)
-    kind, seq, _ = obj
+    kind, seq = obj[0], obj[1]
     if type(kind) is not str or type(seq) is not int or not 0 <= seq < 2**64:
         return ("error",)
     try:
@@ -109,11 +109,18 @@ def test_build_matches_msgpack_and_peek_inverts_it(twin, kind, seq, body, single
         packed_body = pack_body(body, False)
     envelope = twin.build_envelope(kind, seq, packed_body)
     assert envelope == twin.envelope_header(kind, seq) + packed_body
-    kind_out, seq_out, offset = twin.peek_envelope(envelope)
+    kind_out, seq_out, offset, body_end = twin.peek_envelope(envelope)
     assert (kind_out, seq_out) == (kind, seq)
-    assert envelope[offset:] == packed_body
+    assert envelope[offset:] == packed_body and body_end == len(envelope)
     # peek must accept exactly what msgpack accepts
     assert msgpack_verdict(envelope) == ("ok", kind, seq)
+    # the stamped form: the same body, then the sender
+    for sender in ("", "master", "0123456789abcdef", "s" * 40):
+        stamped = twin.build_envelope(kind, seq, packed_body, sender)
+        assert stamped == twin.envelope_header(kind, seq, stamped=True) + packed_body + twin.sender_tail(sender)
+        assert twin.peek_envelope(stamped) == (kind, seq, offset, offset + len(packed_body))
+        assert msgpack.unpackb(stamped, raw=False, strict_map_key=False, unicode_errors="surrogateescape",
+                               ext_hook=lambda code, data: None, timestamp=0)[3] == sender
 
 
 @pytest.mark.parametrize("twin", TWINS)
@@ -122,6 +129,34 @@ def test_build_matches_msgpack_and_peek_inverts_it(twin, kind, seq, body, single
 def test_header_is_smallest_encoding(twin, kind, seq):
     header = twin.envelope_header(kind, seq)
     assert header == msgpack.packb([kind, seq, None])[:-1]
+    assert twin.envelope_header(kind, seq, stamped=True) == msgpack.packb([kind, seq, None, ""])[:-2]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@SETTINGS
+@given(sender=st.text(max_size=80).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= 255)
+       | st.sampled_from(["", "master", "x" * 31, "x" * 32, "x" * 255]))
+def test_sender_tail_is_msgpack_str(twin, sender):
+    try:
+        expected = msgpack.packb(sender)
+    except UnicodeEncodeError:  # a lone surrogate
+        with pytest.raises(LocalProtocolError):
+            twin.sender_tail(sender)
+        return
+    assert twin.sender_tail(sender) == expected
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_sender_tail_refuses(twin):
+    with pytest.raises(LocalProtocolError):
+        twin.sender_tail("x" * 256)
+    with pytest.raises(LocalProtocolError):
+        twin.sender_tail("\u00e9" * 128)  # 256 bytes
+    for bad in (b"master", None, 1):
+        with pytest.raises(TypeError):
+            twin.sender_tail(bad)
+    with pytest.raises(LocalProtocolError):
+        twin.build_envelope("k", 1, b"\xc0", "x" * 256)
 
 
 @pytest.mark.parametrize("twin", TWINS)
@@ -152,7 +187,7 @@ def test_build_accepts_any_bytes_like_body(twin):
 def test_bad_header_arguments(twin, kind, seq, error):
     for call in (lambda: twin.envelope_header(kind, seq),
                  lambda: twin.build_envelope(kind, seq, b"\xc0"),
-                 lambda: twin.envelope_frame_header(kind, seq, 1)):
+                 lambda: twin.envelope_frame_header(kind, seq, 1, b"\xa0")):
         with pytest.raises(error) as info:
             call()
         assert type(info.value) is error
@@ -183,37 +218,46 @@ def parse_frame_header(frame):
        body_length=st.integers(0, 2**40) | st.integers(0, 70_000)
        | st.sampled_from([0, 100, 118, 119, 120, 125, 126, 65_500, 65_535, 65_536, 2**63 - 100]))
 def test_frame_header(twin, kind, seq, body_length):
-    header = twin.envelope_header(kind, seq)
-    assume(len(header) + body_length < 2**63)
-    frame = twin.envelope_frame_header(kind, seq, body_length)
+    header = twin.envelope_header(kind, seq, stamped=True)
+    tail = twin.sender_tail("master")
+    assume(len(header) + body_length + len(tail) < 2**63)
+    frame = twin.envelope_frame_header(kind, seq, body_length, tail)
     opcode, fin, length, size = parse_frame_header(frame)
     assert (opcode, fin) == (0x2, True)
-    assert length == len(header) + body_length
+    assert length == len(header) + body_length + len(tail)
     assert size == (2 if length < 126 else 4 if length < 65536 else 10)
     assert frame[size:] == header
 
 
 @pytest.mark.parametrize("twin", TWINS)
 def test_frame_header_refuses(twin):
+    tail = twin.sender_tail("")
     with pytest.raises(LocalProtocolError):
-        twin.envelope_frame_header("k", 1, -1)
+        twin.envelope_frame_header("k", 1, -1, tail)
     with pytest.raises(LocalProtocolError):
-        twin.envelope_frame_header("k", 1, 2**63)
+        twin.envelope_frame_header("k", 1, 2**63, tail)
+    with pytest.raises(LocalProtocolError):
+        twin.envelope_frame_header("k", 1, 2**63 - 5, tail)  # its 4 header bytes and the tail push it over
+    with pytest.raises(LocalProtocolError):
+        twin.envelope_frame_header("k", 1, 10, b"")  # every delivered envelope has a sender
     with pytest.raises(TypeError):
-        twin.envelope_frame_header("k", 1, 1.5)
+        twin.envelope_frame_header("k", 1, 1.5, tail)
+    with pytest.raises(TypeError):
+        twin.envelope_frame_header("k", 1, 1, "master")
 
 
 @pytest.mark.parametrize("twin", TWINS)
 def test_rewriting_seq_keeps_the_body_bytes(twin):
     body = msgpack.packb({"dom": "x" * 70_000})
-    original = twin.build_envelope("patch", 41, body)
-    kind, seq, offset = twin.peek_envelope(original)
-    view = memoryview(original)[offset:]
-    frame = twin.envelope_frame_header(kind, seq + 1, len(view))
-    wire = frame + bytes(view)
-    _, _, length, size = parse_frame_header(wire)
-    assert length == len(wire) - size
-    assert msgpack.unpackb(wire[size:]) == ["patch", 42, {"dom": "x" * 70_000}]
+    for original in (twin.build_envelope("patch", 41, body), twin.build_envelope("patch", 41, body, "forged")):
+        kind, seq, offset, body_end = twin.peek_envelope(original)
+        view = memoryview(original)[offset:body_end]
+        tail = twin.sender_tail("master")
+        frame = twin.envelope_frame_header(kind, seq + 1, len(view), tail)
+        wire = frame + bytes(view) + tail
+        _, _, length, size = parse_frame_header(wire)
+        assert length == len(wire) - size
+        assert msgpack.unpackb(wire[size:]) == ["patch", 42, {"dom": "x" * 70_000}, "master"]
 
 
 # -- peeking ----------------------------------------------------------------------------------
@@ -234,6 +278,8 @@ def test_corpus(twin, case):
         assert verdict[0] == got[0], verdict
         if got[0] == "ok":
             assert verdict[1:] == got[1:3]
+            # the body ends on an object boundary, and the rest is at most one object
+            assert got[4] <= len(case["data"])
 
 
 @pytest.mark.parametrize("twin", TWINS)
@@ -252,7 +298,7 @@ def test_every_prefix_is_truncated_and_trailing_data_refused(twin, case):
 @pytest.mark.parametrize("twin", TWINS)
 def test_any_bytes_like_input(twin):
     data = b"\x93\xa4ping\x05\x92\x01\x02"
-    expected = ("ping", 5, 7)
+    expected = ("ping", 5, 7, 10)
     assert twin.peek_envelope(bytearray(data)) == expected
     assert twin.peek_envelope(memoryview(data)) == expected
     assert twin.peek_envelope(memoryview(b"xx" + data)[2:]) == expected
@@ -269,7 +315,7 @@ def test_large_bodies(twin):
     for size in (1024, 50 * 1024, 1024 * 1024, 5 * 1024 * 1024):
         body = msgpack.packb(b"\x00" * size)
         envelope = twin.build_envelope("blob", size, body)
-        assert twin.peek_envelope(envelope) == ("blob", size, len(envelope) - len(body))
+        assert twin.peek_envelope(envelope) == ("blob", size, len(envelope) - len(body), len(envelope))
         with pytest.raises(EnvelopeError):
             twin.peek_envelope(envelope[:-1])
     many = msgpack.packb([[i, {"k": -i}] for i in range(100_000)])
@@ -282,7 +328,7 @@ def test_deep_nesting_does_not_recurse(twin):
     depth = 50_000  # far beyond any recursion limit
     for opener in (b"\x91", b"\x81\xc0", b"\xdc\x00\x01", b"\xdf\x00\x00\x00\x01\x01"):
         envelope = b"\x93\xa1k\x01" + opener * depth + b"\xc0"
-        assert twin.peek_envelope(envelope) == ("k", 1, 4)
+        assert twin.peek_envelope(envelope) == ("k", 1, 4, len(envelope))
         with pytest.raises(EnvelopeError, match="truncated"):
             twin.peek_envelope(envelope[:-1])
 
@@ -320,7 +366,7 @@ def test_corrupted_envelopes_agree_with_msgpack_and_between_twins(kind, seq, bod
     if pure[0] == "ok":
         assert pure[1:3] == verdict[1:]
         # the body offset is an object boundary: the rest is exactly one object
-        msgpack.unpackb(envelope[pure[3]:], raw=True, strict_map_key=False,
+        msgpack.unpackb(envelope[pure[3]:pure[4]], raw=True, strict_map_key=False,
                         object_pairs_hook=list, ext_hook=lambda code, payload: (code, payload))
 
 
@@ -334,5 +380,18 @@ def test_random_bytes_agree_with_msgpack_and_between_twins(data):
     assert pure[0] == verdict[0]
 
 
+@SETTINGS
+@given(kind=kinds, seq=seqs, body=bodies, extra=bodies, data=st.data())
+def test_corrupted_stamped_envelopes_agree_between_twins(kind, seq, body, extra, data):
+    envelope = pure_twin.envelope_header(kind, seq, stamped=True) + msgpack.packb(body) + msgpack.packb(extra)
+    envelope = mutate(envelope, data.draw)
+    verdict = msgpack_verdict(envelope)
+    assume(verdict[0] in ("ok", "error"))
+    pure = outcome(pure_twin, envelope)
+    assert pure == outcome(fast_twin, envelope)
+    assert pure[0] == verdict[0], (envelope, pure, verdict)
+
+
 def test_constants():
     assert pure_twin.MAX_KIND_BYTES == fast_twin.MAX_KIND_BYTES == 32
+    assert pure_twin.MAX_SENDER_BYTES == fast_twin.MAX_SENDER_BYTES == 255
