@@ -9,16 +9,18 @@ from __future__ import annotations
 import trio
 
 from relay._accel import OP_TEXT, peek_envelope
-from relay._session import CLOSE_UNSUPPORTED_DATA, Peer, Role, Session
+from relay._errors import FloodError
+from relay._session import CLOSE_POLICY, CLOSE_UNSUPPORTED_DATA, Peer, Role, Session
 
-__all__ = ["deliver_envelope", "SessionSocketHandler"]
+__all__ = ["deliver_envelope", "refuse", "SessionSocketHandler"]
 
 
 def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
     """Route one envelope from ``peer``.  Raises EnvelopeError if it is malformed.
 
     Refusals that leave the connection usable (a kind the role may not send) are answered with an
-    ``error`` envelope queued for the sender.
+    ``error`` envelope queued for the sender, within its allowance (:func:`refuse`): past it,
+    FloodError (1008 / 429).
     """
     # A client's own fourth element (a forged sender) ends at the peek: only the body goes on.
     kind, _seq, body_offset, body_end = peek_envelope(payload)
@@ -28,7 +30,23 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
     else:
         error = session.from_slave(peer, kind, body, now)
     if error is not None:
-        peer.push(error)
+        refuse(session, peer, error, now)
+
+
+def refuse(session: Session, peer: Peer, error, now: float) -> None:
+    """Answer a refused envelope within the client's allowance and queue bound, or close it.
+
+    The answer is dropped (never queued past the bound) when the client does not read; a client
+    that spends its allowance is closed with 1008 and FloodError tells the transport so.
+    """
+    if peer.allow_refusal(now):
+        if not peer.push_within_bound(error):
+            session.stats["refusals_dropped"] += 1
+        return
+    session.stats["flood_closed"] += 1
+    reason = "too many refused envelopes"
+    peer.close(CLOSE_POLICY, reason)
+    raise FloodError(reason)
 
 
 class SessionSocketHandler:

@@ -18,6 +18,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "EnvelopeError",
+    "FloodError",
     "CookieError",
 ]
 
@@ -64,6 +65,15 @@ class EnvelopeError(RemoteProtocolError):
     """
 
     def __init__(self, message: str, *, close_code: int = 1007, http_status: int = 400) -> None:
+        super().__init__(message, close_code=close_code, http_status=http_status)
+
+
+class FloodError(RemoteProtocolError):
+    """A client keeps sending what the relay must refuse (kinds its role may not send, unknown
+    kinds) past its allowance: it is closed with 1008 (policy violation), or answered 429 on
+    long-polling, instead of being answered forever."""
+
+    def __init__(self, message: str, *, close_code: int = 1008, http_status: int = 429) -> None:
         super().__init__(message, close_code=close_code, http_status=http_status)
 
 

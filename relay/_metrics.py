@@ -27,6 +27,8 @@ SESSION_STATS = {
     "dropped_stale": "Queued messages dropped from slow slaves' queues (replaced by a resync)",
     "snapshot_requests": "Fresh snapshots asked of masters because the backlog passed backlog_bytes",
     "history_cut": "Histories cut at history_hard_limit_bytes (late joiners wait for a snapshot)",
+    "refusals_dropped": "Error answers to refused envelopes dropped because the sender's queue was full",
+    "flood_closed": "Clients closed (1008, or 429 on long-poll) for sending too many refused envelopes",
 }
 
 

@@ -25,7 +25,7 @@ import trio
 from relay._accel import implementation
 from relay._config import Config, JoinRequest, parse_hostport
 from relay._endpoint import SessionSocketHandler, deliver_envelope
-from relay._errors import EnvelopeError
+from relay._errors import EnvelopeError, FloodError
 from relay._handshake import accept_headers, is_upgrade_request
 from relay._host import LimitReached, SessionHost
 from relay._http import HTTPConnection, HTTPError
@@ -454,6 +454,9 @@ class Server:
                 self.metrics.message_in(role.value, len(envelope))
                 deliver_envelope(session, peer, envelope, trio.current_time())
                 count += 1
+        except FloodError as exc:
+            raise HTTPError(429, "too-many-refusals", f"envelope {count}: {exc}; this client was closed",
+                            details={"accepted": count, "close_code": exc.close_code}) from None
         except EnvelopeError as exc:
             self.metrics.envelope_error()
             raise HTTPError(400, "bad-envelope", f"envelope {count}: {exc}") from None

@@ -35,7 +35,7 @@ import msgpack
 
 from relay._accel import envelope_frame_header, sender_tail
 from relay._config import Config
-from relay._outbox import Outbox
+from relay._outbox import MESSAGE_OVERHEAD_BYTES, Outbox
 
 __all__ = [
     "Outgoing",
@@ -69,6 +69,12 @@ SHARING_KINDS = frozenset({"mutation", "css", "navigate"})  # refused in a chat-
 TO_MASTER_ANY_MODE = frozenset({"pointer"})
 TO_MASTER_WRITE_MODE = frozenset({"control"})
 
+# Refused envelopes (a kind the role may not send, an unknown kind) are answered with an error, at
+# most REFUSAL_BURST at once and REFUSALS_PER_S in the long run (a token bucket per connection); a
+# client past that is closed (1008): refusals cost the relay an answer each, so they are rationed.
+REFUSAL_BURST = 64
+REFUSALS_PER_S = 8.0
+
 SLAVE_ID_BYTES = 8
 TOKEN_BYTES = 32  # 256-bit role tokens
 
@@ -101,7 +107,7 @@ class Outgoing:
     ``envelope()`` gives the parts without the WebSocket header, for long-polling.
     """
 
-    __slots__ = ("kind", "seq", "head", "ws_header_length", "body", "tail", "size")
+    __slots__ = ("kind", "seq", "head", "ws_header_length", "body", "tail", "size", "cost")
 
     def __init__(self, kind: str, seq: int, body, tail: bytes) -> None:
         body_length = len(body)
@@ -112,6 +118,7 @@ class Outgoing:
         self.body = body
         self.tail = tail
         self.size = len(head) + body_length + len(tail)
+        self.cost = self.size + MESSAGE_OVERHEAD_BYTES  # what bounds count (relay._outbox)
         # The 7-bit length field says how long the frame header is: 126 -> 16-bit, 127 -> 64-bit.
         self.ws_header_length = _WS_HEADER_LENGTH[head[1] & 0x7F]
 
@@ -138,7 +145,8 @@ class Peer(Outbox):
     stops reading nor slaves that flood it can grow memory, and no slave can get it closed.
     """
 
-    __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event")
+    __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event",
+                 "refusal_tokens", "refusals_counted_at")
 
     def __init__(self, role: Role, *, transport: str, limit: int, connection_id: str = "") -> None:
         super().__init__(limit)
@@ -149,6 +157,19 @@ class Peer(Outbox):
         self.connection_id = connection_id
         self.last_seen = 0.0
         self.poll_event = None  # long-poll only: wakes the GET that waits for this peer
+        self.refusal_tokens = float(REFUSAL_BURST)
+        self.refusals_counted_at: Optional[float] = None
+
+    def allow_refusal(self, now: float) -> bool:
+        """Take one refusal from this client's allowance (a token bucket); False when it is spent."""
+        if self.refusals_counted_at is not None:
+            refill = (now - self.refusals_counted_at) * REFUSALS_PER_S
+            self.refusal_tokens = min(float(REFUSAL_BURST), self.refusal_tokens + refill)
+        self.refusals_counted_at = now
+        if self.refusal_tokens < 1.0:
+            return False
+        self.refusal_tokens -= 1.0
+        return True
 
 
 class SlaveRecord:
@@ -348,12 +369,13 @@ class Session:
         message = Outgoing(kind, self.seq, body, tail)
         self._remember(message)
         size = message.size
+        cost = message.cost
         receivers = 0
         for peer in self._slave_peers:
             # The common case inline (this loop runs for every slave of every message).
-            if peer.close_code is None and peer.queued_bytes + size <= peer.limit:
+            if peer.close_code is None and peer.queued_bytes + cost <= peer.limit:
                 peer.queue.append(message)
-                peer.queued_bytes += size
+                peer.queued_bytes += cost
                 peer.wakeup()
                 receivers += 1
             elif self._deliver_past_bound(peer, message):
@@ -362,8 +384,7 @@ class Session:
         if master is not None and not from_master:
             # What the master receives (chat, presence) must not grow without bound if it stops
             # reading; it is never closed for that (slaves could then push it out with chat).
-            if master.queued_bytes + size <= master.limit:
-                master.push(message)
+            if master.push_within_bound(message):
                 receivers += 1
             else:
                 self.stats["dropped_to_master"] += 1
@@ -376,7 +397,7 @@ class Session:
 
     def _to_master(self, kind: str, body, tail: bytes) -> None:
         master = self.master
-        if master is None or master.queued_bytes + len(body) > master.limit:
+        if master is None or master.queued_bytes + len(body) + MESSAGE_OVERHEAD_BYTES > master.limit:
             # Events are about the page as it is now: with no master, or one that does not read,
             # they are worth nothing later, and they must not grow memory.
             self.stats["dropped_to_master"] += 1
@@ -393,15 +414,15 @@ class Session:
     def _remember(self, message: Outgoing) -> None:
         if message.kind == "snapshot":
             self.history = [message]
-            self.history_bytes = message.size
+            self.history_bytes = message.cost
             self.history_complete = True
             self.snapshot_requested = False
             return
         if not self.history_complete:
             return  # nothing consistent to add to until the next snapshot
         self.history.append(message)
-        self.history_bytes += message.size
-        snapshot_bytes = self.history[0].size if self.history[0].kind == "snapshot" else 0
+        self.history_bytes += message.cost
+        snapshot_bytes = self.history[0].cost if self.history[0].kind == "snapshot" else 0
         backlog = self.history_bytes - snapshot_bytes
         if backlog > self.config.backlog_bytes and not self.snapshot_requested and self.master is not None:
             self.snapshot_requested = True

@@ -198,7 +198,7 @@ def test_slow_slave_is_resynced_then_closed_and_queue_stays_bounded():
     payload = pack(b"m" * 1000)
     resynced = False
     for i in range(500):
-        if i == 40:  # a fresh checkpoint, so that the resync fits in the slow slave's queue
+        if i == 25:  # a fresh checkpoint, so that the resync fits in the slow slave's queue
             session.from_master(master, "snapshot", pack(b"t" * 1000), 1.0)
         session.from_master(master, "mutation", payload, 1.0)
         assert slow.queued_bytes <= limit
