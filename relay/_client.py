@@ -21,7 +21,6 @@ import msgpack
 import trio
 
 from relay._accel import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -33,6 +32,7 @@ from relay._accel import (
     parse_close_payload,
     peek_envelope,
 )
+from relay._config import DEFAULT_MAX_MESSAGE_BYTES
 from relay._errors import RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
 
