@@ -299,7 +299,7 @@ class FrameDecoder:
         """A writable view for the rest of the current data frame's payload, when at least
         ``min_bytes`` of it are still to come; else ``None``.
 
-        ``sock.recv_into(view)`` then ``payload_received(n)``.  (This twin lands the bytes in a
+        ``sock.recv_into(view)`` then ``payload_received(n)``.  (The pure twin lands the bytes in a
         buffer of its own and copies them; the Cython twin receives them in place.)  Valid only
         until the next call of any method of this decoder; do not keep it.
         """
