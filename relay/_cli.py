@@ -162,7 +162,7 @@ def cmd_ring(args: argparse.Namespace) -> None:
     ring = cluster.ring
     entries = list(ring.entries())
     span = 2**64 if ring.partitioner == "murmur3" else 2**127
-    owned = {}
+    owned: dict[str, int] = {}
     for index, (token, node) in enumerate(entries):
         previous = entries[index - 1][0]
         owned[node] = owned.get(node, 0) + ((token - previous) % span or span)

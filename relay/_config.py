@@ -292,7 +292,10 @@ def format_default(value: Any) -> str:
 
 
 def _default_of(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory = f.default_factory
+    return factory() if callable(factory) else None
 
 
 def _row(*cells: str) -> str:
