@@ -12,7 +12,7 @@ The public API (SPEC section 7); everything else lives in underscore modules::
 
 from relay._accel import fastpath_active, implementation
 from relay._accel import murmur3_token, parse_cookie, random_token
-from relay._client import Client, ClientConnection, Envelope
+from relay._client import Client, ClientConnection, ConnectionClosed, Envelope, HTTPStatusError
 from relay._config import Config, ConfigError, JoinRequest
 from relay._errors import (
     CookieError,
@@ -33,9 +33,11 @@ __all__ = [
     "ClientConnection",
     "Config",
     "ConfigError",
+    "ConnectionClosed",
     "CookieError",
     "Envelope",
     "EnvelopeError",
+    "HTTPStatusError",
     "JoinRequest",
     "Listening",
     "LocalProtocolError",

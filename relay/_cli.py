@@ -7,67 +7,64 @@ Every ``serve`` flag is a Config setting of the same name (``--max-message-bytes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import trio
 
 from relay import __version__
 from relay._accel import implementation
-from relay._config import Config, ConfigError
+from relay._config import (
+    DEFAULT_ECHO_LISTEN,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HELP,
+    Config,
+    ConfigError,
+    flag_name,
+    format_default,
+    size_note,
+)
 from relay._logging import configure_logging, log_event
 from relay._malloc import tune_malloc
 from relay._ring import evenly_spaced_tokens
 
 __all__ = ["main"]
 
-SETTING_HELP = {
-    "listen": "public HOST:PORT (client API, WebSocket, long-poll, demo pages)",
-    "private_listen": "private HOST:PORT (node-to-node traffic, /metrics, /sessions, /health)",
-    "node_name": "this node's name: the value of the sticky cookie",
-    "cluster": "the cluster file (TOML); this node is --node-name in it",
-    "cookie_name": "name of the sticky routing cookie",
-    "cookie_secure": "add Secure to the cookie (forced by SameSite=None)",
-    "cookie_http_only": "add HttpOnly to the cookie",
-    "cookie_same_site": "SameSite attribute: Strict, Lax, None, or unset",
-    "cookie_partitioned": "add Partitioned (CHIPS) to the cookie; forces Secure",
-    "allowed_origins": "comma-separated origins allowed besides the relay's own ('*' for any)",
-    "max_message_bytes": "largest message; a bigger one is refused from its header with 1009",
-    "max_header_bytes": "largest HTTP request head (431 beyond)",
-    "handshake_timeout_s": "seconds for a client to send its request head (408 beyond)",
-    "ping_interval_s": "seconds between WebSocket pings (below a proxy's 60 s read timeout)",
-    "idle_timeout_s": "seconds without a byte from a WebSocket peer before it is closed (1001)",
-    "slave_queue_bytes": "bytes queued for one slave before it is resynced (then closed with 1013)",
-    "backlog_bytes": "bytes since the last snapshot before the master is asked for a new one",
-    "history_hard_limit_bytes": "history kept for catch-up; beyond it late joiners wait for a snapshot",
-    "max_slaves_per_session": "slaves per session (429 beyond)",
-    "max_sessions": "sessions per node (503 beyond)",
-    "max_connections": "open connections per node (503 beyond)",
-    "poll_body_bytes": "largest long-poll POST body (413 beyond)",
-    "poll_wait_s": "how long a long-poll GET waits for news",
-    "poll_peer_timeout_s": "a long-poll client silent this long has left",
-    "master_grace_s": "seconds a master may be away (page load) before its session ends",
-    "session_idle_timeout_s": "seconds without traffic before a session ends",
-    "shutdown_grace_s": "seconds to let clients go on SIGTERM/SIGINT before closing the rest",
-    "log_level": "debug, info, warning, error or critical",
-    "log_format": "text (key=value, one event per line) or json (one object per line)",
-    "demo_pages": "serve the demo master/slave pages and client.js",
-    "tune_malloc": "keep large message buffers in the heap (glibc; process-wide; on by default in the CLI)",
-}
+SETTABLE = frozenset(Config.setting_names())
+
+def _setting_help(f: dataclasses.Field, default: object) -> str:
+    """A field's one-line help with its default (the CLI's, which may differ from Config's)."""
+    note = size_note(f.name, default)
+    shown = (default if isinstance(default, str) else format_default(default)) + (f" = {note}" if note else "")
+    # argparse %-formats help texts.
+    return f"{f.metadata[HELP]} (default: {shown})".replace("%", "%%")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = Config(**CLI_DEFAULTS)
-    for name in Config.setting_names():
-        default = getattr(defaults, name)
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{SETTING_HELP.get(name, name)} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, default=None, metavar="BOOL", help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper().split("_")[-1], help=help_text)
+    """One flag per Config setting, its help and default from the field's metadata."""
+    defaults = Config.cli_defaults()
+    for f in dataclasses.fields(Config):
+        if f.name not in SETTABLE:
+            continue
+        default = getattr(defaults, f.name)
+        # default=None: only the flags given on the command line override the TOML file.
+        parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=_metavar(f.name, default),
+                            help=_setting_help(f, default))
+
+
+def _metavar(name: str, default: object) -> str:
+    if isinstance(default, bool):
+        return "BOOL"
+    if name.endswith("_bytes"):
+        return "BYTES"
+    if name.endswith("_s"):
+        return "SECONDS"
+    if isinstance(default, int):
+        return "N"
+    return name.upper().split("_")[-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     echo = commands.add_parser("echo", help="run a WebSocket echo server on the session connection code",
                                description="A WebSocket echo server built on the same frame path as sessions, "
                                            "for conformance suites such as Autobahn|Testsuite.")
-    echo.add_argument("--listen", default="127.0.0.1:9001", help="HOST:PORT (default: 127.0.0.1:9001)")
-    echo.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024,
-                      help="largest message (default: 16 MiB)")
+    echo.add_argument("--listen", default=DEFAULT_ECHO_LISTEN, help=f"HOST:PORT (default: {DEFAULT_ECHO_LISTEN})")
+    echo.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, metavar="BYTES",
+                      help=f"largest message (default: {DEFAULT_MAX_MESSAGE_BYTES} = "
+                           f"{size_note('max_message_bytes', DEFAULT_MAX_MESSAGE_BYTES)})")
 
     tokens = commands.add_parser("tokens", help="print evenly spaced initial tokens, one per line",
                                  description="DataStax's formulas for a single data center.")
@@ -98,14 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Where the CLI's defaults differ from Config's: the process is relay's own.
-CLI_DEFAULTS = {"tune_malloc": True}
-
-
 def load_config(args: argparse.Namespace) -> Config:
-    base = Config(**CLI_DEFAULTS)
+    base = Config.cli_defaults()
     config = Config.from_toml(args.config, base=base) if args.config else base
-    flags = {name: getattr(args, name) for name in Config.setting_names() if getattr(args, name) is not None}
+    flags = {name: getattr(args, name) for name in SETTABLE if getattr(args, name) is not None}
     return Config.from_mapping(flags, base=config)
 
 
@@ -126,14 +120,49 @@ async def _serve_until_signalled(config: Config) -> None:
                 break
 
 
-def _print_ring(path: str) -> None:
+def cmd_serve(args: argparse.Namespace) -> None:
+    """``relay serve``: one node until SIGINT/SIGTERM, then a graceful shutdown."""
+    config = load_config(args)
+    if config.cluster is not None:
+        raise ConfigError("cluster mode (--cluster) is not available in this version yet")
+    configure_logging(config.log_level, config.log_format)
+    if config.tune_malloc:
+        tune_malloc()
+    trio.run(_serve_until_signalled, config)
+
+
+def cmd_echo(args: argparse.Namespace) -> None:
+    """``relay echo``: the WebSocket echo server until Ctrl-C."""
+    from relay._server import serve_echo
+
+    async def run_echo():
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(
+                lambda task_status: serve_echo(args.listen, max_message_bytes=args.max_message_bytes,
+                                               task_status=task_status))
+            print(f"relay echo server on ws://{host}:{port}/ ({implementation()})", flush=True)
+
+    try:
+        trio.run(run_echo)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_tokens(args: argparse.Namespace) -> None:
+    """``relay tokens``: evenly spaced initial tokens, one per line."""
+    for token in evenly_spaced_tokens(args.nodes, args.partitioner):
+        print(token)
+
+
+def cmd_ring(args: argparse.Namespace) -> None:
+    """``relay ring``: the ring of a cluster file, like nodetool ring."""
     from relay._cluster import load_cluster
 
-    cluster = load_cluster(path)
+    cluster = load_cluster(args.cluster)
     ring = cluster.ring
     entries = list(ring.entries())
     span = 2**64 if ring.partitioner == "murmur3" else 2**127
-    owned = {}
+    owned: dict[str, int] = {}
     for index, (token, node) in enumerate(entries):
         previous = entries[index - 1][0]
         owned[node] = owned.get(node, 0) + ((token - previous) % span or span)
@@ -145,40 +174,22 @@ def _print_ring(path: str) -> None:
         print(f"{node:<20} {cluster.nodes[node].public:<22} {token:>42} {share:>7.2f}%  {replicas}")
 
 
-def main(argv: Optional[list] = None) -> int:
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "serve": cmd_serve,
+    "echo": cmd_echo,
+    "tokens": cmd_tokens,
+    "ring": cmd_ring,
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        if args.command == "serve":
-            config = load_config(args)
-            if config.cluster is not None:
-                raise ConfigError("cluster mode (--cluster) is not available in this version yet")
-            configure_logging(config.log_level, config.log_format)
-            if config.tune_malloc:
-                tune_malloc()
-            trio.run(_serve_until_signalled, config)
-        elif args.command == "echo":
-            from relay._server import serve_echo
-
-            async def run_echo():
-                async with trio.open_nursery() as nursery:
-                    host, port = await nursery.start(
-                        lambda task_status: serve_echo(args.listen, max_message_bytes=args.max_message_bytes,
-                                                       task_status=task_status))
-                    print(f"relay echo server on ws://{host}:{port}/ ({implementation()})", flush=True)
-
-            try:
-                trio.run(run_echo)
-            except KeyboardInterrupt:
-                pass
-        elif args.command == "tokens":
-            for token in evenly_spaced_tokens(args.nodes, args.partitioner):
-                print(token)
-        elif args.command == "ring":
-            _print_ring(args.cluster)
+        COMMANDS[args.command](args)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import NamedTuple, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 from urllib.parse import urlencode
 
 import h11
@@ -21,7 +21,6 @@ import msgpack
 import trio
 
 from relay._accel import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -33,6 +32,7 @@ from relay._accel import (
     parse_close_payload,
     peek_envelope,
 )
+from relay._config import DEFAULT_MAX_MESSAGE_BYTES
 from relay._errors import EnvelopeError, RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
 
@@ -53,7 +53,7 @@ class Envelope(NamedTuple):
     body: memoryview
     sender: str
 
-    def decode(self):
+    def decode(self) -> Any:
         """The body, unpacked (the relay itself never does this for DOM traffic)."""
         return msgpack.unpackb(self.body, raw=False)
 
@@ -108,7 +108,7 @@ class Client:
         self.cookie = cookie
         self.last_headers: list = []
 
-    def _headers(self, extra=()) -> list:
+    def _headers(self, extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
         headers = [("host", f"{self.host}:{self.port}")]
         if self.origin is not None:
             headers.append(("origin", self.origin))
@@ -117,7 +117,8 @@ class Client:
         headers.extend(extra)
         return headers
 
-    async def request(self, method: str, target: str, body: bytes = b"", headers=()) -> tuple:
+    async def request(self, method: str, target: str, body: bytes = b"",
+                      headers: Iterable[tuple[str, str]] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
         """One HTTP request on a fresh connection: (status, headers, body)."""
         sock = await _connect(self.host, self.port)
         yielder = Yielder()
@@ -222,7 +223,7 @@ class ClientConnection:
                 self.pending.append(event)
 
     @classmethod
-    async def open(cls, host: str, port: int, target: str, *, headers=(),
+    async def open(cls, host: str, port: int, target: str, *, headers: Iterable[tuple[str, str]] = (),
                    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> "ClientConnection":
         import base64
         import os
@@ -267,7 +268,7 @@ class ClientConnection:
             close_socket(sock)
             raise
 
-    async def send_raw(self, data) -> None:
+    async def send_raw(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes as they are (tests use this to send malformed frames)."""
         async with self._send_lock:
             await send_buffers(self.sock, [data], self.yielder)
@@ -276,10 +277,11 @@ class ClientConnection:
         """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``)."""
         await self.send_raw(encode_client_frame(OP_BINARY, build_envelope(kind, seq, body)))
 
-    async def send_obj(self, kind: str, obj) -> None:
+    async def send_obj(self, kind: str, obj: Any) -> None:
+        """Send one envelope whose body is ``obj`` packed with msgpack."""
         await self.send(kind, msgpack.packb(obj, use_bin_type=True))
 
-    async def receive_frame(self) -> tuple:
+    async def receive_frame(self) -> tuple[int, bytes]:
         """The next data message as (opcode, payload); answers pings on the way."""
         while True:
             while self.pending:

@@ -3,11 +3,16 @@
 Every setting has the same name everywhere: the dataclass field ``max_message_bytes`` is the TOML key
 ``max_message_bytes`` and the CLI flag ``--max-message-bytes``.  Units are in the names
 (``_bytes``, ``_s``).  Hooks exist only for embedders (a TOML file cannot hold a function).
+
+Each field carries its own documentation in its metadata (``setting(...)`` and ``hook(...)`` below):
+``python -m relay serve --help`` and the tables of docs/configuration.md are made from it
+(``python scripts/config_doc.py`` writes those tables into the doc; a test keeps the doc equal to them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional, Union
@@ -24,9 +29,12 @@ __all__ = ["Config", "ConfigError", "JoinRequest"]
 KiB = 1024
 MiB = 1024 * KiB
 
-# Defaults, named so that docs, --help and tests refer to one number.
+# Every default limit and timeout of relay, once: Config, the echo server, the CLI and the Client refer
+# to these (the two fast-path twins keep their own DEFAULT_MAX_MESSAGE_BYTES so that each imports
+# standalone; tests/unit/test_config.py holds them equal to this one).
 DEFAULT_LISTEN = "127.0.0.1:8700"
 DEFAULT_PRIVATE_LISTEN = "127.0.0.1:8701"
+DEFAULT_ECHO_LISTEN = "127.0.0.1:9001"  # where Autobahn|Testsuite's config expects the echo server
 DEFAULT_NODE_NAME = "relay-1"
 DEFAULT_COOKIE_NAME = "gcbSessionServer"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * MiB
@@ -40,7 +48,7 @@ DEFAULT_HISTORY_HARD_LIMIT_BYTES = 64 * MiB  # beyond this the history is cut un
 DEFAULT_MAX_SLAVES_PER_SESSION = 32
 DEFAULT_MAX_SESSIONS = 10_000
 DEFAULT_MAX_CONNECTIONS = 20_000
-DEFAULT_POLL_BODY_BYTES = 16 * MiB
+DEFAULT_POLL_BODY_BYTES = 16 * MiB  # a long-poll POST may carry one message of the default maximum
 DEFAULT_POLL_WAIT_S = 25.0  # below proxies' 60 s read timeout
 DEFAULT_POLL_PEER_TIMEOUT_S = 60.0  # a long-poll client silent this long has left
 DEFAULT_MASTER_GRACE_S = 30.0  # a master may reload its page within this without ending the session
@@ -48,6 +56,32 @@ DEFAULT_SESSION_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 
 Hook = Optional[Callable[..., Union[Any, Awaitable[Any]]]]
+
+# Field metadata keys.
+HELP = "help"  # one line for --help and the doc table
+HOOK = "hook"  # True: an embedder's callable, not settable from TOML or the CLI
+CALLED_WITH = "called_with"  # hooks: what they are called with (markdown)
+CHECK = "check"  # "positive" or "non_negative": validate() refuses other values
+CLI_DEFAULT = "cli_default"  # where ``python -m relay serve`` differs from Config (the process is relay's own)
+
+
+def setting(default: Any, help: str, *, check: Optional[str] = None, cli_default: Any = dataclasses.MISSING,
+            factory: Optional[Callable[[], Any]] = None) -> Any:
+    """A Config field with its one-line help (and optionally a range check or a different CLI default)."""
+    metadata: dict = {HELP: help}
+    if check is not None:
+        assert check in ("positive", "non_negative"), check
+        metadata[CHECK] = check
+    if cli_default is not dataclasses.MISSING:
+        metadata[CLI_DEFAULT] = cli_default
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def hook(called_with: str, help: str) -> Any:
+    """A Config field for an embedder's callable (plain or async); None means no hook."""
+    return field(default=None, metadata={HOOK: True, CALLED_WITH: called_with, HELP: help})
 
 
 @dataclass(frozen=True)
@@ -69,63 +103,105 @@ class Config:
     """Every setting of relay.  See docs/configuration.md (and ``python -m relay serve --help``)."""
 
     # Network and identity.
-    listen: str = DEFAULT_LISTEN
-    private_listen: str = DEFAULT_PRIVATE_LISTEN
-    node_name: str = DEFAULT_NODE_NAME
-    cluster: Optional[str] = None  # path of the cluster file (the cluster issue)
+    listen: str = setting(DEFAULT_LISTEN, "public HOST:PORT (client API, WebSocket, long-poll, demo pages)")
+    private_listen: str = setting(
+        DEFAULT_PRIVATE_LISTEN, "private HOST:PORT (node-to-node traffic, /metrics, /sessions, /health)")
+    node_name: str = setting(DEFAULT_NODE_NAME, "this node's name: the value of the sticky cookie")
+    cluster: Optional[str] = setting(None, "the cluster file (TOML); this node is --node-name in it")
 
     # The sticky routing cookie (SPEC 3).
-    cookie_name: str = DEFAULT_COOKIE_NAME
-    cookie_secure: bool = False
-    cookie_http_only: bool = True
-    cookie_same_site: Optional[str] = "Lax"
-    cookie_partitioned: bool = False
+    cookie_name: str = setting(DEFAULT_COOKIE_NAME, "name of the sticky routing cookie")
+    cookie_secure: bool = setting(False, "add Secure to the cookie (forced by SameSite=None)")
+    cookie_http_only: bool = setting(True, "add HttpOnly to the cookie")
+    cookie_same_site: Optional[str] = setting("Lax", "SameSite attribute: Strict, Lax, None, or unset")
+    cookie_partitioned: bool = setting(False, "add Partitioned (CHIPS) to the cookie; forces Secure")
 
     # Security: origins allowed besides the relay's own origin and requests without Origin.
-    allowed_origins: list = field(default_factory=list)
+    allowed_origins: list = setting(
+        None, "comma-separated origins allowed besides the relay's own ('*' for any)", factory=list)
 
     # Limits.
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
-    ping_interval_s: float = DEFAULT_PING_INTERVAL_S
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    slave_queue_bytes: int = DEFAULT_SLAVE_QUEUE_BYTES
-    backlog_bytes: int = DEFAULT_BACKLOG_BYTES
-    history_hard_limit_bytes: int = DEFAULT_HISTORY_HARD_LIMIT_BYTES
-    max_slaves_per_session: int = DEFAULT_MAX_SLAVES_PER_SESSION
-    max_sessions: int = DEFAULT_MAX_SESSIONS
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    poll_body_bytes: int = DEFAULT_POLL_BODY_BYTES
-    poll_wait_s: float = DEFAULT_POLL_WAIT_S
-    poll_peer_timeout_s: float = DEFAULT_POLL_PEER_TIMEOUT_S
-    master_grace_s: float = DEFAULT_MASTER_GRACE_S
-    session_idle_timeout_s: float = DEFAULT_SESSION_IDLE_TIMEOUT_S
-    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES, "largest message; a bigger one is refused from its header with 1009",
+        check="positive")
+    max_header_bytes: int = setting(DEFAULT_MAX_HEADER_BYTES, "largest HTTP request head (431 beyond)",
+                                    check="positive")
+    handshake_timeout_s: float = setting(
+        DEFAULT_HANDSHAKE_TIMEOUT_S, "seconds for a client to send its request head (408 beyond)", check="positive")
+    ping_interval_s: float = setting(
+        DEFAULT_PING_INTERVAL_S, "seconds between WebSocket pings (below a proxy's 60 s read timeout)",
+        check="positive")
+    idle_timeout_s: float = setting(
+        DEFAULT_IDLE_TIMEOUT_S, "seconds without a byte from a WebSocket peer before it is closed (1001)",
+        check="positive")
+    slave_queue_bytes: int = setting(
+        DEFAULT_SLAVE_QUEUE_BYTES, "bytes queued for one slave before it is resynced (then closed with 1013)",
+        check="positive")
+    backlog_bytes: int = setting(
+        DEFAULT_BACKLOG_BYTES, "bytes since the last snapshot before the master is asked for a new one",
+        check="positive")
+    history_hard_limit_bytes: int = setting(
+        DEFAULT_HISTORY_HARD_LIMIT_BYTES, "history kept for catch-up; beyond it late joiners wait for a snapshot",
+        check="positive")
+    max_slaves_per_session: int = setting(DEFAULT_MAX_SLAVES_PER_SESSION, "slaves per session (429 beyond)",
+                                          check="positive")
+    max_sessions: int = setting(DEFAULT_MAX_SESSIONS, "sessions per node (503 beyond)", check="positive")
+    max_connections: int = setting(DEFAULT_MAX_CONNECTIONS, "open connections per node (503 beyond)",
+                                   check="positive")
+    poll_body_bytes: int = setting(DEFAULT_POLL_BODY_BYTES, "largest long-poll POST body (413 beyond)",
+                                   check="positive")
+    poll_wait_s: float = setting(DEFAULT_POLL_WAIT_S, "how long a long-poll GET waits for news", check="positive")
+    poll_peer_timeout_s: float = setting(
+        DEFAULT_POLL_PEER_TIMEOUT_S, "a long-poll client silent this long has left", check="positive")
+    master_grace_s: float = setting(
+        DEFAULT_MASTER_GRACE_S, "seconds a master may be away (page load) before its session ends",
+        check="non_negative")
+    session_idle_timeout_s: float = setting(
+        DEFAULT_SESSION_IDLE_TIMEOUT_S, "seconds without traffic before a session ends", check="positive")
+    shutdown_grace_s: float = setting(
+        DEFAULT_SHUTDOWN_GRACE_S, "seconds to let clients go on SIGTERM/SIGINT before closing the rest",
+        check="non_negative")
 
     # Operations.
-    log_level: str = "info"
-    log_format: str = "text"  # "text" (key=value) or "json" (one object per line)
-    tune_malloc: bool = False  # process-wide glibc tuning for large messages; the CLI turns it on
-    demo_pages: bool = True
+    log_level: str = setting("info", "debug, info, warning, error or critical")
+    log_format: str = setting("text", "text (key=value, one event per line) or json (one object per line)")
+    # Off for embedders (it is process-wide), on in relay's own process.
+    tune_malloc: bool = setting(
+        False, "keep large message buffers in the heap instead of fresh pages (glibc, process-wide: about 15% "
+               "less CPU per 1 MiB message; the process keeps up to 256 MiB of freed memory)",
+        cli_default=True)
+    demo_pages: bool = setting(True, "serve the demo master/slave pages and client.js")
 
     # Hooks (embedders only).  Each may be a plain function or an async one.
-    authorize_join: Hook = None  # (JoinRequest) -> bool: False refuses the join with 403
-    on_session_created: Hook = None  # (session_id: str, chat: bool) -> None
-    on_session_ended: Hook = None  # (session_id: str, reason: str) -> None
-    on_message: Hook = None  # (session_id: str, kind: str, seq: int, size: int) -> None; no body
+    authorize_join: Hook = hook(
+        "a `relay.JoinRequest(session_id, agent_id, join_token, origin)`",
+        "anything but `True` refuses the join with 403; `relay.TicketAuthorizer(secret)` checks HMAC-signed "
+        "tickets made by `relay.make_join_ticket`")
+    on_session_created: Hook = hook("`(session_id, chat)`", "")
+    on_session_ended: Hook = hook("`(session_id, reason)`", "")
+    on_message: Hook = hook("`(session_id, kind, seq, size)` for every relayed message", "never sees a body")
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def setting_names(cls) -> list:
+    def setting_names(cls) -> list[str]:
         """The names that a TOML file or the CLI may set (everything but the hooks)."""
-        return [f.name for f in dataclasses.fields(cls) if not _is_hook(f)]
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get(HOOK)]
+
+    @classmethod
+    def hook_names(cls) -> list[str]:
+        """The embedders' hooks (fields marked ``hook`` in their metadata)."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get(HOOK)]
+
+    @classmethod
+    def cli_defaults(cls) -> "Config":
+        """The defaults of ``python -m relay serve``: Config's, but for the fields with a ``cli_default``."""
+        return cls(**{f.name: f.metadata[CLI_DEFAULT] for f in dataclasses.fields(cls) if CLI_DEFAULT in f.metadata})
 
     @classmethod
     def from_mapping(cls, values: dict, *, base: Optional["Config"] = None) -> "Config":
         """A Config from ``base`` (or the defaults) with ``values`` applied and checked."""
-        known = {f.name: f for f in dataclasses.fields(cls) if not _is_hook(f)}
+        known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get(HOOK)}
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
@@ -156,18 +232,12 @@ class Config:
         if not self.node_name:
             raise ConfigError("node_name must not be empty")
         self.set_cookie_value()  # node_name and cookie settings must make a safe Set-Cookie header
-        positive = [
-            "max_message_bytes", "max_header_bytes", "slave_queue_bytes", "backlog_bytes",
-            "history_hard_limit_bytes", "max_slaves_per_session", "max_sessions", "max_connections",
-            "poll_body_bytes", "handshake_timeout_s", "ping_interval_s", "idle_timeout_s",
-            "poll_wait_s", "poll_peer_timeout_s", "session_idle_timeout_s",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        for name in ("master_grace_s", "shutdown_grace_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative")
+        for f in dataclasses.fields(self):
+            check = f.metadata.get(CHECK)
+            if check == "positive" and getattr(self, f.name) <= 0:
+                raise ConfigError(f"{f.name} must be positive")
+            if check == "non_negative" and getattr(self, f.name) < 0:
+                raise ConfigError(f"{f.name} must not be negative")
         if self.slave_queue_bytes < self.max_message_bytes:
             raise ConfigError("slave_queue_bytes must be at least max_message_bytes")
         if self.history_hard_limit_bytes < self.backlog_bytes:
@@ -180,7 +250,6 @@ class Config:
             raise ConfigError("log_level must be debug, info, warning, error or critical")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
-
 
     def set_cookie_value(self) -> str:
         """The Set-Cookie value of the sticky routing cookie (this node's name)."""
@@ -196,13 +265,71 @@ class Config:
             raise ConfigError(f"node_name or cookie settings cannot make a safe cookie: {exc}") from None
 
 
-def _is_hook(f: dataclasses.Field) -> bool:
-    return f.name in ("authorize_join", "on_session_created", "on_session_ended", "on_message")
+def flag_name(name: str) -> str:
+    """The CLI flag of a setting: ``max_message_bytes`` -> ``--max-message-bytes``."""
+    return "--" + name.replace("_", "-")
+
+
+def size_note(name: str, value: Any) -> str:
+    """``16 MiB`` for a byte count that is a whole number of KiB or MiB (and at least 1 KiB), else ``""``."""
+    if not name.endswith("_bytes") or isinstance(value, bool) or not isinstance(value, int) or value < KiB:
+        return ""
+    for unit, size in (("MiB", MiB), ("KiB", KiB)):
+        if value % size == 0:
+            return f"{value // size} {unit}"
+    return ""
+
+
+def format_default(value: Any) -> str:
+    """A default as TOML would spell it, or ``unset`` for None."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory = f.default_factory
+    return factory() if callable(factory) else None
+
+
+def _row(*cells: str) -> str:
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+
+def settings_markdown() -> str:
+    """The settings table of docs/configuration.md, made from the field metadata."""
+    lines = [_row("setting (TOML, Config)", "flag", "default", "meaning"), "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        if f.metadata.get(HOOK):
+            continue
+        default = _default_of(f)
+        shown = f"`{format_default(default)}`"
+        if size_note(f.name, default):
+            shown += f" ({size_note(f.name, default)})"
+        if CLI_DEFAULT in f.metadata:
+            shown += f" (`{format_default(f.metadata[CLI_DEFAULT])}` in the CLI)"
+        lines.append(_row(f"`{f.name}`", f"`{flag_name(f.name)}`", shown, f.metadata[HELP]))
+    return "\n".join(lines) + "\n"
+
+
+def hooks_markdown() -> str:
+    """The hooks table of docs/configuration.md, made from the field metadata."""
+    lines = [_row("hook", "called with", "effect"), "|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        if f.metadata.get(HOOK):
+            lines.append(_row(f"`{f.name}`", f.metadata[CALLED_WITH], f.metadata[HELP]))
+    return "\n".join(lines) + "\n"
 
 
 def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
     """Convert a TOML/CLI value to the field's type, with a clear error."""
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = _default_of(f)
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -250,3 +377,4 @@ def parse_hostport(text: str, *, setting: str = "address") -> tuple:
     if not 0 <= number <= 65535:
         raise ConfigError(f"{setting} has a bad port: {text!r}")
     return host, number
+

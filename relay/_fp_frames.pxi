@@ -114,6 +114,8 @@ OP_CLOSE = 8
 OP_PING = 9
 OP_PONG = 10
 
+# Equal to relay._config.DEFAULT_MAX_MESSAGE_BYTES (tests/unit/test_config.py), spelled here so that this
+# twin imports standalone.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_CONTROL_PAYLOAD = 125
 RECEIVE_BUFFER_BYTES = 256 * 1024

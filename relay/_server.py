@@ -23,7 +23,17 @@ import msgpack
 import trio
 
 from relay._accel import implementation
-from relay._config import Config, JoinRequest, parse_hostport
+from relay._config import (
+    DEFAULT_ECHO_LISTEN,
+    DEFAULT_HANDSHAKE_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PING_INTERVAL_S,
+    Config,
+    JoinRequest,
+    parse_hostport,
+)
 from relay._endpoint import SessionSocketHandler, deliver_envelope
 from relay._errors import EnvelopeError, FloodError
 from relay._handshake import accept_headers, is_upgrade_request
@@ -44,6 +54,7 @@ API_BODY_BYTES = 64 * 1024  # JSON bodies of create/join
 CORS_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
 MAX_AGENT_ID_CHARS = 256  # an agent id is repeated in every presence event
 LISTEN_BACKLOG = 1024
+ECHO_QUEUE_MESSAGES = 4  # the echo server's outbox holds this many maximum-size messages
 SHUTDOWN_CLOSE_CODE = CLOSE_SERVICE_RESTART  # clients reconnect (through the LB) elsewhere
 STATIC_FILES = {
     "/cobrowse/client.js": ("client.js", "application/javascript; charset=utf-8"),
@@ -525,7 +536,7 @@ def _refuse_overloaded(sock: socket.socket) -> None:
 
 
 async def serve(config: Config, *, shutdown: Optional[trio.Event] = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one relay node until cancelled (or until ``shutdown`` is set: then gracefully).
 
     ``await nursery.start(serve, config)`` returns a :class:`Listening` with the bound ports
@@ -534,16 +545,21 @@ async def serve(config: Config, *, shutdown: Optional[trio.Event] = None,
     await Server(config).run(shutdown=shutdown, task_status=task_status)
 
 
-async def serve_echo(listen: str, *, max_message_bytes: int, ping_interval_s: float = 20.0,
-                     idle_timeout_s: float = 60.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """A WebSocket echo server on the same connection code as sessions (for Autobahn|Testsuite)."""
+async def serve_echo(listen: str = DEFAULT_ECHO_LISTEN, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                     ping_interval_s: float = DEFAULT_PING_INTERVAL_S, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    """A WebSocket echo server on the same connection code as sessions (for Autobahn|Testsuite).
+
+    ``await nursery.start(serve_echo, "127.0.0.1:0")`` returns the bound ``(host, port)``; the limits
+    default to Config's.
+    """
     listener = _listen_socket(listen, "listen")
     host, port = listener.getsockname()[:2]
 
     async def handle(sock):
-        http = HTTPConnection(sock, max_header_bytes=16 * 1024)
+        http = HTTPConnection(sock, max_header_bytes=DEFAULT_MAX_HEADER_BYTES)
         try:
-            request = await http.next_request(10.0)
+            request = await http.next_request(DEFAULT_HANDSHAKE_TIMEOUT_S)
             if request is None:
                 return
             try:
@@ -552,7 +568,7 @@ async def serve_echo(listen: str, *, max_message_bytes: int, ping_interval_s: fl
                 await http.respond_error(error)
                 return
             leftover = await http.switch_to_websocket(headers)
-            outbox = Outbox(limit=max_message_bytes * 4)
+            outbox = Outbox(limit=max_message_bytes * ECHO_QUEUE_MESSAGES)
             await WebSocketConnection(sock, outbox, EchoHandler(outbox), max_message_bytes=max_message_bytes,
                                       ping_interval_s=ping_interval_s, idle_timeout_s=idle_timeout_s,
                                       leftover=leftover).run()

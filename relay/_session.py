@@ -175,13 +175,14 @@ class Peer(Outbox):
 class SlaveRecord:
     """A slave that joined: its token and mode outlive any one connection."""
 
-    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail")
+    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail", "idle_since")
 
-    def __init__(self, slave_id: str, token: str, agent_id: Optional[str]) -> None:
+    def __init__(self, slave_id: str, token: str, agent_id: Optional[str], now: float = 0.0) -> None:
         self.slave_id = slave_id
         self.token = token
         self.agent_id = agent_id
         self.tail = sender_tail(slave_id)  # its stamp on everything it sends
+        self.idle_since: Optional[float] = now  # not connected since (None while it is)
         self.mode = "pointer"
         self.peer: Optional[Peer] = None
 
@@ -219,13 +220,28 @@ class Session:
 
     # ------------------------------------------------------------------ membership
 
-    def add_slave(self, agent_id: Optional[str]) -> SlaveRecord:
+    def add_slave(self, agent_id: Optional[str], now: float = 0.0) -> SlaveRecord:
         if self.ended:
             raise SessionEnded(self.ended)
-        record = SlaveRecord(secrets.token_hex(SLAVE_ID_BYTES), secrets.token_urlsafe(TOKEN_BYTES), agent_id)
+        record = SlaveRecord(secrets.token_hex(SLAVE_ID_BYTES), secrets.token_urlsafe(TOKEN_BYTES), agent_id, now)
         self.slaves[record.slave_id] = record
         self.slaves_by_token[record.token] = record
         return record
+
+    def slave_slots_used(self) -> int:
+        """Slaves that hold a place: connected, or joined / gone less than the grace ago (they may
+        still connect or come back with their token).  Released records hold none."""
+        return len(self.slaves)
+
+    def release_idle_slaves(self, now: float, grace_s: float) -> list:
+        """Forget slaves not connected for ``grace_s``: their tokens stop working and their places
+        are free (a page reload joins again or resumes within the grace).  Returns those released."""
+        released = [record for record in self.slaves.values()
+                    if record.peer is None and record.idle_since is not None and now - record.idle_since >= grace_s]
+        for record in released:
+            del self.slaves[record.slave_id]
+            del self.slaves_by_token[record.token]
+        return released
 
     def role_of_token(self, token: Optional[str]):
         """(Role, SlaveRecord | None) for a token of this session, or (None, None)."""
@@ -267,6 +283,7 @@ class Session:
         if previous in self._slave_peers:
             self._slave_peers.remove(previous)
         record.peer = peer
+        record.idle_since = None
         peer.slave = record
         peer.session = self
         self._slave_peers.append(peer)
@@ -294,6 +311,7 @@ class Session:
         elif peer.slave is not None and peer.slave.peer is peer:
             record = peer.slave
             record.peer = None
+            record.idle_since = now
             self._slave_peers.remove(peer)
             if not self.ended:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})

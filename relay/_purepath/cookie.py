@@ -54,7 +54,7 @@ def _find_in_line(line: bytes, folded_name: bytes):
     return None
 
 
-def parse_cookie(header, name) -> str | None:
+def parse_cookie(header: str | bytes | list[str | bytes] | tuple[str | bytes, ...], name: str) -> str | None:
     """The value nginx gives for ``$cookie_<name>``, or ``None``.
 
     ``header`` is one Cookie header value (``str``, or ``bytes`` read as latin-1) or a list/tuple

@@ -47,6 +47,8 @@ OP_CLOSE = 8
 OP_PING = 9
 OP_PONG = 10
 
+# Equal to relay._config.DEFAULT_MAX_MESSAGE_BYTES (tests/unit/test_config.py), spelled here so that this
+# twin imports standalone.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_CONTROL_PAYLOAD = 125
 #: Size of the receive buffer that get_buffer() exposes for recv_into (allocated on first use).
@@ -299,7 +301,7 @@ class FrameDecoder:
         """A writable view for the rest of the current data frame's payload, when at least
         ``min_bytes`` of it are still to come; else ``None``.
 
-        ``sock.recv_into(view)`` then ``payload_received(n)``.  (This twin lands the bytes in a
+        ``sock.recv_into(view)`` then ``payload_received(n)``.  (The pure twin lands the bytes in a
         buffer of its own and copies them; the Cython twin receives them in place.)  Valid only
         until the next call of any method of this decoder; do not keep it.
         """

@@ -55,7 +55,7 @@ def _tail_word(tail: bytes) -> int:
     return word
 
 
-def murmur3_token(key) -> int:
+def murmur3_token(key: str | bytes | bytearray | memoryview) -> int:
     """Murmur3Partitioner's token: h1 of MurmurHash3_x64_128 (seed 0) as a signed 64-bit int."""
     data = _key_bytes(key)
     length = len(data)
@@ -91,7 +91,7 @@ def murmur3_token(key) -> int:
     return _MAX_LONG if token == _MIN_LONG else token
 
 
-def random_token(key) -> int:
+def random_token(key: str | bytes | bytearray | memoryview) -> int:
     """RandomPartitioner's token: abs() of the MD5 digest read as a signed big-endian int."""
     data = _key_bytes(key)
     if not data:

@@ -1,5 +1,6 @@
 """The standalone process: python -m relay with a TOML file, flags, signals, and the ring tools."""
 
+import dataclasses
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import relay
-from relay._config import Config
+from relay._config import HELP, Config, format_default
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -91,8 +92,15 @@ def test_bad_settings_are_reported_not_crashed(tmp_path):
 def test_help_documents_every_setting():
     done = run("serve", "--help")
     assert done.returncode == 0
-    for name in Config.setting_names():
-        assert "--" + name.replace("_", "-") in done.stdout, name
+    # argparse wraps (and breaks at hyphens): compare without whitespace.
+    flat = "".join(done.stdout.split())
+    defaults = Config.cli_defaults()
+    for f in dataclasses.fields(Config):
+        if f.name in Config.setting_names():
+            assert "--" + f.name.replace("_", "-") in done.stdout, f.name
+            default = getattr(defaults, f.name)
+            shown = default if isinstance(default, str) else format_default(default)
+            assert "".join(f"{f.metadata[HELP]} (default: {shown}".split()) in flat, f.name
     assert "fast path" in run("--version").stdout or "pure Python" in run("--version").stdout
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -66,14 +67,15 @@ def _probe_switch(*, cwd: Path, env: dict[str, str], isolated: bool = False) -> 
     ``isolated``: keep site-packages but skip their .pth hooks, so that an editable install of
     the checkout cannot supply relay modules missing from the copy on PYTHONPATH.
     """
+    # This interpreter's site-packages, by path: under -S a venv's python knows only its base prefix's.
+    site_packages = site.getsitepackages()
     code = (
-        "import sys, site\n"
-        "sys.path += site.getsitepackages() if sys.flags.no_site else []\n"
+        f"import sys\nsys.path += {site_packages!r} if sys.flags.no_site else []\n"
         "import json, relay._accel as accel\n"
         "twin = sys.modules[accel.murmur3_token.__module__]\n"
         "print(json.dumps({'file': accel.__file__, 'active': accel.FASTPATH_ACTIVE,\n"
         "  'twin': twin.__name__, 'twin_file': twin.__file__,\n"
-        "  'token': accel.murmur3_token(%r)}))\n" % TOKEN_KEY
+        "  'token': accel.murmur3_token(%r)}))\n" % (TOKEN_KEY,)
     )
     flags = ["-S"] if isolated else []
     proc = _run([sys.executable, *flags, "-c", code], cwd=cwd, env=env)
@@ -95,6 +97,8 @@ def test_pure_python_build_has_no_extension_and_works(tmp_path):
     assert _compiled_twins(target / "relay") == []
     shipped = {p.name for p in (target / "relay" / "_purepath").glob("*.py")}
     assert shipped == {p.name for p in (REPO / "relay" / "_purepath").glob("*.py")}
+    # Type information ships too (PEP 561), with the stub that stands in for the compiled module.
+    assert (target / "relay" / "py.typed").is_file() and (target / "relay" / "_fastpath.pyi").is_file()
 
     # Without RELAY_PUREPYTHON at run time: the missing extension alone selects the pure twin.
     probe = _probe_switch(cwd=tmp_path, env=_environment(PYTHONPATH=str(target)), isolated=True)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from relay._cli import SETTING_HELP
+import config_doc
 from relay._config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -12,7 +12,14 @@ def test_configuration_doc_lists_every_setting_with_its_flag():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     for name in Config.setting_names():
         assert f"| `{name}` | `--{name.replace('_', '-')}` |" in doc, name
-        assert name in SETTING_HELP, name
+    for name in Config.hook_names():
+        assert f"| `{name}` |" in doc, name
+
+
+def test_configuration_doc_tables_are_the_generated_ones():
+    doc = config_doc.DOC.read_text()
+    assert config_doc.render(doc) == doc, "docs/configuration.md is out of date: run python scripts/config_doc.py"
+    assert config_doc.main(["--check"]) == 0
 
 
 def test_docs_named_in_the_readme_exist():
