@@ -36,7 +36,7 @@ from relay._config import DEFAULT_MAX_MESSAGE_BYTES
 from relay._errors import EnvelopeError, RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
 
-__all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError", "parse_delivered"]
+__all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError"]
 
 RECV_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 10.0

@@ -12,6 +12,7 @@ _BytesLike: TypeAlias = bytes | bytearray | memoryview
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16777216
 MAX_CONTROL_PAYLOAD: Final = 125
 MAX_KIND_BYTES: Final = 32
+MAX_SENDER_BYTES: Final = 255
 OP_BINARY: Final = 2
 OP_CLOSE: Final = 8
 OP_CONTINUATION: Final = 0
@@ -67,32 +68,37 @@ def parse_close_payload(payload: _BytesLike) -> tuple[int | None, str]:
 def unmask(data: _BytesLike, mask_key: _BytesLike) -> bytes:
     """XOR ``data`` with the 4-byte ``mask_key``, key offset 0 on the first byte."""
 
-# The envelope API with the relay-stamped sender (``[kind, seq, body, sender]``).
+# Envelopes: a client's [kind, seq, body]; the relay's stamped [kind, seq, body, sender].
 def envelope_header(kind: str, seq: int, *, stamped: bool = False) -> bytes:
-    """The bytes that precede the body: the array header (``0x93``, or ``0x94`` when ``stamped``:
-    a sender follows the body), ``kind`` as fixstr/str8, ``seq`` as the smallest msgpack unsigned
-    int.  ``LocalProtocolError`` for an empty or too long kind or a seq outside 0..2**64-1."""
+    """The bytes that precede the body: ``0x93`` (``0x94`` when ``stamped``: a sender follows the
+    body), ``kind`` as fixstr/str8, ``seq`` as the smallest msgpack unsigned int.
+    ``LocalProtocolError`` for an empty or too long kind or a seq outside 0..2**64-1."""
 
 def build_envelope(kind: str, seq: int, body: _BytesLike, sender: str | None = None) -> bytes:
-    """``[kind, seq, body]``, or ``[kind, seq, body, sender]`` when ``sender`` is given, in one new
-    ``bytes``; ``body`` is one packed msgpack object, trusted."""
+    """``envelope_header(kind, seq) + body``, or with ``sender`` (a str) the stamped form
+    ``[kind, seq, body, sender]``; ``body`` is one packed msgpack object, trusted."""
 
-def envelope_frame_header(kind: str, seq: int, body_length: int, sender_tail: bytes) -> bytes:
-    """The unmasked FIN binary WebSocket frame header for the envelope, then the envelope header.
+def envelope_frame_header(kind: str, seq: int, body_length: int, sender_tail: _BytesLike) -> bytes:
+    """The unmasked FIN binary WebSocket frame header of a stamped envelope, then its header.
 
-    Send it followed by the body bytes and ``sender_tail`` (``sendmsg([header, body, tail])``): the
-    body is never copied.  An empty ``sender_tail`` makes an unstamped three-element envelope."""
+    Send it, the body and ``sender_tail`` back to back (``sendmsg([header, body, tail])``): the
+    body is never copied.  The frame's length counts all three."""
 
 def sender_tail(sender: str) -> bytes:
-    """The packed msgpack str that ends a stamped envelope (its fourth element)."""
+    """The last element of a delivered envelope: ``sender`` as a msgpack str (fixstr or str8).
+
+    Built once per participant and sent after every body it sends.  ``LocalProtocolError`` past
+    MAX_SENDER_BYTES UTF-8 bytes or for text that is not encodable."""
 
 def peek_envelope(data: _BytesLike) -> tuple[str, int, int, int]:
-    """Check that ``data`` is exactly one ``[kind, seq, body]`` or ``[kind, seq, body, sender]``
-    envelope; return ``(kind, seq, body_offset, body_end)`` where ``data[body_offset:body_end]`` is
-    the body.
+    """Check that ``data`` is exactly one envelope, ``[kind, seq, body]`` or
+    ``[kind, seq, body, extra]``; return ``(kind, seq, body_offset, body_end)``, where
+    ``data[body_offset:body_end]`` is the body (``body_end == len(data)`` for three elements).
 
-    Nothing of the body is copied or decoded, so no view into ``data`` outlives this call.
-    Raises ``EnvelopeError`` (close code 1007) naming the fault."""
+    A fourth element must be one well-formed msgpack object too; the relay ignores a client's and
+    reads its own stamp from it on the client side.  Nothing of the body is copied or decoded, so
+    no view into ``data`` outlives this call.  Raises ``EnvelopeError`` (close code 1007) naming
+    the fault."""
 
 def parse_cookie(header: str | bytes | list[str | bytes] | tuple[str | bytes, ...], name: str) -> str | None:
     """The value nginx gives for ``$cookie_<name>``, or ``None``.
