@@ -21,6 +21,7 @@ from relay._config import (
     DEFAULT_ECHO_LISTEN,
     DEFAULT_MAX_MESSAGE_BYTES,
     HELP,
+    NO_FLAG,
     Config,
     ConfigError,
     flag_name,
@@ -34,6 +35,8 @@ from relay._ring import evenly_spaced_tokens
 __all__ = ["main"]
 
 SETTABLE = frozenset(Config.setting_names())
+# Settings that have no flag (secrets: a command line shows in ``ps``); the TOML file or the environment sets them.
+FLAGGED = frozenset(f.name for f in dataclasses.fields(Config) if f.name in SETTABLE and not f.metadata.get(NO_FLAG))
 
 def _setting_help(f: dataclasses.Field, default: object) -> str:
     """A field's one-line help with its default (the CLI's, which may differ from Config's)."""
@@ -47,7 +50,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config setting, its help and default from the field's metadata."""
     defaults = Config.cli_defaults()
     for f in dataclasses.fields(Config):
-        if f.name not in SETTABLE:
+        if f.name not in FLAGGED:
             continue
         default = getattr(defaults, f.name)
         # default=None: only the flags given on the command line override the TOML file.
@@ -73,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relay {__version__} ({implementation()})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run a relay node",
-                                description="Run a relay node. Flags override --config, which overrides defaults.")
+    unflagged = [f for f in dataclasses.fields(Config) if f.name in SETTABLE and f.name not in FLAGGED]
+    serve = commands.add_parser(
+        "serve", help="run a relay node",
+        description="Run a relay node. Flags override --config, which overrides defaults.",
+        epilog="settings without a flag (set them in the --config file): "
+               + "; ".join(f"{f.name}: {f.metadata[HELP]}" for f in unflagged).replace("%", "%%"))
     serve.add_argument("--config", metavar="FILE", help="a TOML file of settings (same names as the flags)")
     _add_setting_flags(serve)
 
@@ -99,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(args: argparse.Namespace) -> Config:
     base = Config.cli_defaults()
     config = Config.from_toml(args.config, base=base) if args.config else base
-    flags = {name: getattr(args, name) for name in SETTABLE if getattr(args, name) is not None}
+    flags = {name: getattr(args, name) for name in FLAGGED if getattr(args, name) is not None}
     return Config.from_mapping(flags, base=config)
 
 

@@ -52,6 +52,12 @@ DEFAULT_POLL_BODY_BYTES = 16 * MiB  # a long-poll POST may carry one message of 
 DEFAULT_POLL_WAIT_S = 25.0  # below proxies' 60 s read timeout
 DEFAULT_POLL_PEER_TIMEOUT_S = 60.0  # a long-poll client silent this long has left
 DEFAULT_MASTER_GRACE_S = 30.0  # a master may reload its page within this without ending the session
+DEFAULT_SLAVE_GRACE_S = 30.0  # a slave away this long is released (its token stops working, its place is free)
+DEFAULT_JOIN_POLICY = "approve"  # SPEC 6: a session ID alone never shows the page
+JOIN_POLICIES = ("approve", "ticket", "open")
+DEFAULT_ADMIT_TIMEOUT_S = 120.0  # a slave the master has not admitted by then is refused (4403)
+JOIN_TICKET_SECRET_ENV = "RELAY_JOIN_TICKET_SECRET"  # where the ticket secret may come from, besides the file
+MIN_TICKET_SECRET_BYTES = 16
 DEFAULT_SESSION_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 
@@ -63,12 +69,16 @@ HOOK = "hook"  # True: an embedder's callable, not settable from TOML or the CLI
 CALLED_WITH = "called_with"  # hooks: what they are called with (markdown)
 CHECK = "check"  # "positive" or "non_negative": validate() refuses other values
 CLI_DEFAULT = "cli_default"  # where ``python -m relay serve`` differs from Config (the process is relay's own)
+NO_FLAG = "no_flag"  # True: settable from TOML, the environment or by embedders, never on the command line
 
 
 def setting(default: Any, help: str, *, check: Optional[str] = None, cli_default: Any = dataclasses.MISSING,
-            factory: Optional[Callable[[], Any]] = None) -> Any:
-    """A Config field with its one-line help (and optionally a range check or a different CLI default)."""
+            factory: Optional[Callable[[], Any]] = None, no_flag: bool = False) -> Any:
+    """A Config field with its one-line help (and optionally a range check, a different CLI default, or
+    no command-line flag: secrets must not show in ``ps``)."""
     metadata: dict = {HELP: help}
+    if no_flag:
+        metadata[NO_FLAG] = True
     if check is not None:
         assert check in ("positive", "non_negative"), check
         metadata[CHECK] = check
@@ -145,6 +155,20 @@ class Config:
         check="positive")
     max_slaves_per_session: int = setting(DEFAULT_MAX_SLAVES_PER_SESSION, "slaves per session (429 beyond)",
                                           check="positive")
+    slave_grace_s: float = setting(
+        DEFAULT_SLAVE_GRACE_S, "seconds a slave may be away (reload) before its place is released",
+        check="non_negative")
+
+    # Who may see a session (SPEC 6).
+    join_policy: str = setting(
+        DEFAULT_JOIN_POLICY, "approve (the master admits each slave), ticket (a signed join ticket) or open "
+                             "(anyone with the ID: development only)")
+    admit_timeout_s: float = setting(
+        DEFAULT_ADMIT_TIMEOUT_S, "seconds a slave waits for the master's admission before it is refused (4403)",
+        check="positive")
+    join_ticket_secret: Optional[str] = setting(
+        None, f"the HMAC secret of join tickets (join_policy ticket), at least {MIN_TICKET_SECRET_BYTES} bytes; "
+              f"from the TOML file or ${JOIN_TICKET_SECRET_ENV}, never a flag", no_flag=True)
     max_sessions: int = setting(DEFAULT_MAX_SESSIONS, "sessions per node (503 beyond)", check="positive")
     max_connections: int = setting(DEFAULT_MAX_CONNECTIONS, "open connections per node (503 beyond)",
                                    check="positive")
@@ -250,6 +274,22 @@ class Config:
             raise ConfigError("log_level must be debug, info, warning, error or critical")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
+        if self.join_policy not in JOIN_POLICIES:
+            raise ConfigError(f"join_policy must be one of {', '.join(JOIN_POLICIES)}, got {self.join_policy!r}")
+        if self.join_policy == "ticket":
+            secret = self.ticket_secret()
+            if secret is None:
+                raise ConfigError(f"join_policy ticket needs join_ticket_secret (in the config file) or "
+                                  f"${JOIN_TICKET_SECRET_ENV}")
+            if len(secret) < MIN_TICKET_SECRET_BYTES:
+                raise ConfigError(f"the join ticket secret must be at least {MIN_TICKET_SECRET_BYTES} bytes")
+
+    def ticket_secret(self) -> Optional[bytes]:
+        """The join ticket secret: the setting, else the environment (never a flag)."""
+        import os
+
+        value = self.join_ticket_secret or os.environ.get(JOIN_TICKET_SECRET_ENV) or None
+        return value.encode("utf-8") if value is not None else None
 
     def set_cookie_value(self) -> str:
         """The Set-Cookie value of the sticky routing cookie (this node's name)."""
@@ -314,7 +354,8 @@ def settings_markdown() -> str:
             shown += f" ({size_note(f.name, default)})"
         if CLI_DEFAULT in f.metadata:
             shown += f" (`{format_default(f.metadata[CLI_DEFAULT])}` in the CLI)"
-        lines.append(_row(f"`{f.name}`", f"`{flag_name(f.name)}`", shown, f.metadata[HELP]))
+        flag = "none (file or environment)" if f.metadata.get(NO_FLAG) else f"`{flag_name(f.name)}`"
+        lines.append(_row(f"`{f.name}`", flag, shown, f.metadata[HELP]))
     return "\n".join(lines) + "\n"
 
 

@@ -117,6 +117,9 @@ class SessionHost:
                 for peer in list(session.poll_peers()):
                     if now - peer.last_seen > config.poll_peer_timeout_s:
                         session.detach(peer, now)
+                for record in session.refuse_unadmitted(now, config.admit_timeout_s):
+                    log_event(log, logging.INFO, "slave.not_admitted", session=session.id, slave=record.slave_id)
+                session.release_idle_slaves(now, config.slave_grace_s)
 
 
 async def _await_hook(awaitable) -> None:

@@ -44,6 +44,7 @@ from relay._metrics import CONTENT_TYPE_LATEST, Metrics
 from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
 from relay._session import CLOSE_SERVICE_RESTART, Peer, Role, Session, SessionEnded
+from relay._tickets import TicketAuthorizer
 from relay._websocket import EchoHandler, WebSocketConnection
 
 __all__ = ["serve", "serve_echo", "Listening", "Server"]
@@ -100,6 +101,7 @@ class Server:
         self._no_connections.set()
         self._listeners: list = []
         self._cookie_header = config.set_cookie_value()
+        self._tickets = TicketAuthorizer(config.ticket_secret()) if config.join_policy == "ticket" else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,6 +122,9 @@ class Server:
                 await nursery.start(self.host.run_timers)
                 nursery.start_soon(self._accept_loop, public, True)
                 nursery.start_soon(self._accept_loop, private, False)
+                if config.join_policy == "open":
+                    log_event(log, logging.WARNING, "node.join_policy_open", node=config.node_name,
+                              hint="anyone who knows a session ID sees its page: use approve or ticket in production")
                 log_event(log, logging.INFO, "node.listening", node=config.node_name,
                           public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}",
                           implementation=implementation())
@@ -336,22 +341,38 @@ class Server:
             raise HTTPError(400, "bad-request", "'agent' and 'join_token' must be strings")
         if agent_id is not None and len(agent_id) > MAX_AGENT_ID_CHARS:
             raise HTTPError(400, "bad-request", f"'agent' is longer than {MAX_AGENT_ID_CHARS} characters")
+        admitted = await self._join_verdict(JoinRequest(session_id, agent_id, join_token, http.header(b"origin")))
+        if self.host.get(session_id) is not session:
+            raise HTTPError(404, "unknown-session", "the session ended")
+        if session.slave_slots_used() >= self.config.max_slaves_per_session:
+            raise HTTPError(429, "too-many-slaves",
+                            f"this session has its maximum of {self.config.max_slaves_per_session} slaves",
+                            [("retry-after", str(int(self.config.slave_grace_s) or 1))])
+        record = session.add_slave(agent_id, trio.current_time(), admitted=admitted)
+        await http.respond_json(200, {"session": session.id, "slave_token": record.token, "slave": record.slave_id,
+                                      "node": self.config.node_name, "mode": record.mode, "admitted": admitted},
+                                headers=[("set-cookie", self._cookie_header)])
+
+    async def _join_verdict(self, request: JoinRequest) -> bool:
+        """Whether a join sees the session at once (True) or waits for the master (False); HTTPError 403
+        when it is refused.  An embedder's hook decides before the policy (SPEC 6)."""
         hook = self.config.authorize_join
         if hook is not None:
-            verdict = hook(JoinRequest(session_id, agent_id, join_token, http.header(b"origin")))
+            verdict = hook(request)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
             if verdict is not True:
                 raise HTTPError(403, "join-refused", "the join was refused by the authorization hook")
-        if self.host.get(session_id) is not session:
-            raise HTTPError(404, "unknown-session", "the session ended")
-        if len(session.slaves) >= self.config.max_slaves_per_session:
-            raise HTTPError(429, "too-many-slaves",
-                            f"this session has its maximum of {self.config.max_slaves_per_session} slaves")
-        record = session.add_slave(agent_id)
-        await http.respond_json(200, {"session": session.id, "slave_token": record.token, "slave": record.slave_id,
-                                      "node": self.config.node_name, "mode": record.mode},
-                                headers=[("set-cookie", self._cookie_header)])
+            return True
+        policy = self.config.join_policy
+        if policy == "open":
+            return True
+        if policy == "ticket":
+            if not self._tickets(request):
+                raise HTTPError(403, "join-refused", "a valid join ticket for this session and agent is required "
+                                                    "(each ticket admits one agent once)")
+            return True
+        return False  # "approve": the master admits it
 
     async def _end_session(self, http: HTTPConnection, session_id: str, query: dict) -> None:
         session = self._session_or_404(session_id)

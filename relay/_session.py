@@ -62,6 +62,7 @@ CLOSE_TRY_AGAIN_LATER = 1013  # a slave that cannot keep up even after a resync
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_REPLACED = 4001  # a newer connection with the same token took this one's place
 CLOSE_SESSION_ENDED = 4002  # the session ended (master left, idle, or ended by the master)
+CLOSE_JOIN_REFUSED = 4403  # the master refused this slave, or did not admit it in time (SPEC 6)
 
 # Kinds (SPEC 4).
 BROADCAST_FROM_MASTER = frozenset({"snapshot", "mutation", "css", "navigate"})
@@ -175,14 +176,17 @@ class Peer(Outbox):
 class SlaveRecord:
     """A slave that joined: its token and mode outlive any one connection."""
 
-    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail", "idle_since")
+    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail", "idle_since", "admitted", "joined_at")
 
-    def __init__(self, slave_id: str, token: str, agent_id: Optional[str], now: float = 0.0) -> None:
+    def __init__(self, slave_id: str, token: str, agent_id: Optional[str], now: float = 0.0, *,
+                 admitted: bool = True) -> None:
         self.slave_id = slave_id
         self.token = token
         self.agent_id = agent_id
         self.tail = sender_tail(slave_id)  # its stamp on everything it sends
         self.idle_since: Optional[float] = now  # not connected since (None while it is)
+        self.admitted = admitted  # False: waiting for the master (join_policy "approve")
+        self.joined_at = now
         self.mode = "pointer"
         self.peer: Optional[Peer] = None
 
@@ -220,10 +224,12 @@ class Session:
 
     # ------------------------------------------------------------------ membership
 
-    def add_slave(self, agent_id: Optional[str], now: float = 0.0) -> SlaveRecord:
+    def add_slave(self, agent_id: Optional[str], now: float = 0.0, *, admitted: bool = True) -> SlaveRecord:
+        """A slave joins: its token, and whether it sees the session at once or waits for the master."""
         if self.ended:
             raise SessionEnded(self.ended)
-        record = SlaveRecord(secrets.token_hex(SLAVE_ID_BYTES), secrets.token_urlsafe(TOKEN_BYTES), agent_id, now)
+        record = SlaveRecord(secrets.token_hex(SLAVE_ID_BYTES), secrets.token_urlsafe(TOKEN_BYTES), agent_id, now,
+                             admitted=admitted)
         self.slaves[record.slave_id] = record
         self.slaves_by_token[record.token] = record
         return record
@@ -239,9 +245,50 @@ class Session:
         released = [record for record in self.slaves.values()
                     if record.peer is None and record.idle_since is not None and now - record.idle_since >= grace_s]
         for record in released:
-            del self.slaves[record.slave_id]
-            del self.slaves_by_token[record.token]
+            self._release(record)
         return released
+
+    def refuse_unadmitted(self, now: float, timeout_s: float) -> list:
+        """Slaves still waiting for the master's answer after ``timeout_s``: closed (4403), released."""
+        late = [record for record in self.slaves.values()
+                if not record.admitted and now - record.joined_at >= timeout_s]
+        for record in late:
+            self._refuse(record, "the master did not admit this slave in time")
+        return late
+
+    def _release(self, record: SlaveRecord) -> None:
+        self.slaves.pop(record.slave_id, None)
+        self.slaves_by_token.pop(record.token, None)
+
+    def _refuse(self, record: SlaveRecord, reason: str) -> None:
+        peer = record.peer
+        self._release(record)
+        if peer is not None:
+            record.peer = None
+            peer.session = None
+            peer.clear()
+            peer.close(CLOSE_JOIN_REFUSED, reason)
+        if self.master is not None:
+            self.master.push_within_bound(relay_message(
+                "presence", {"event": "join-withdrawn", "slave": record.slave_id, "agent": record.agent_id}))
+
+    def admit(self, slave_id, allow) -> Optional[Outgoing]:
+        """The master's answer to a join request; an error message for the master, or None."""
+        record = self.slaves.get(slave_id) if isinstance(slave_id, str) else None
+        if record is None:
+            return _error("unknown-slave", "no such slave in this session")
+        if not isinstance(allow, bool):
+            return _error("bad-admit", "admit body must be a map with 'slave' and 'admit' (true or false)")
+        if record.admitted:
+            return None  # already in: a repeated answer changes nothing
+        if not allow:
+            self._refuse(record, "refused by the master")
+            return None
+        record.admitted = True
+        peer = record.peer
+        if peer is not None:
+            self._let_in(record, peer, None, None)
+        return None
 
     def role_of_token(self, token: Optional[str]):
         """(Role, SlaveRecord | None) for a token of this session, or (None, None)."""
@@ -286,8 +333,19 @@ class Session:
         record.idle_since = None
         peer.slave = record
         peer.session = self
-        self._slave_peers.append(peer)
         self.last_activity = now
+        if not record.admitted:
+            # Nothing of the session until the master says so (SPEC 6, join_policy "approve").
+            peer.push(relay_message("hello", self._hello(Role.SLAVE, record, "none")))
+            if self.master is not None:
+                self.master.push_within_bound(relay_message("presence", self._join_request(record)))
+            return
+        self._let_in(record, peer, after, epoch)
+
+    def _let_in(self, record: SlaveRecord, peer: Peer, after: Optional[int], epoch: Optional[int]) -> None:
+        """Put an admitted slave in the fan-out: hello, its catch-up, then live traffic.  A slave
+        admitted while it waited gets a second hello: what follows it replaces its (empty) state."""
+        self._slave_peers.append(peer)
         catchup, messages = self._catch_up(after, epoch)
         peer.push(relay_message("hello", self._hello(Role.SLAVE, record, catchup)))
         if catchup == "resync":
@@ -297,6 +355,10 @@ class Session:
         peer.resync_pending = catchup != "resume"  # overflowing a catch-up means "cannot keep up"
         self._broadcast_presence({"event": "joined", "slave": record.slave_id, "agent": record.agent_id,
                                   "mode": record.mode})
+
+    @staticmethod
+    def _join_request(record: SlaveRecord) -> dict:
+        return {"event": "join-request", "slave": record.slave_id, "agent": record.agent_id}
 
     def detach(self, peer: Peer, now: float) -> None:
         """A peer's connection is gone (or a long-poll client went silent)."""
@@ -312,6 +374,12 @@ class Session:
             record = peer.slave
             record.peer = None
             record.idle_since = now
+            if not record.admitted:
+                # Never seen by the slaves: only the master, which was asked, hears of it.
+                if self.master is not None and not self.ended:
+                    self.master.push_within_bound(relay_message(
+                        "presence", {"event": "join-withdrawn", "slave": record.slave_id, "agent": record.agent_id}))
+                return
             self._slave_peers.remove(peer)
             if not self.ended:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
@@ -358,6 +426,13 @@ class Session:
             return None
         if kind == "mode":
             return self._set_mode(body)
+        if kind == "admit":
+            try:
+                request = msgpack.unpackb(body, raw=False)
+                slave_id, allow = request["slave"], request["admit"]
+            except Exception:
+                return _error("bad-admit", "admit body must be a map with 'slave' and 'admit' (true or false)")
+            return self.admit(slave_id, allow)
         return _error("unknown-kind", f"the master may not send {kind!r}")
 
     def from_slave(self, peer: Peer, kind: str, body, now: float) -> Optional[Outgoing]:
@@ -365,6 +440,8 @@ class Session:
         record = peer.slave
         if record is None or record.peer is not peer or self.ended:
             return _error("not-attached", "this connection is not attached to the session")
+        if not record.admitted:
+            return _error("not-admitted", "the master has not admitted this slave yet")
         self.last_activity = now
         if kind in TO_MASTER_ANY_MODE or kind in TO_MASTER_WRITE_MODE:
             if kind in TO_MASTER_WRITE_MODE and record.mode != "write":
@@ -533,8 +610,13 @@ class Session:
             hello["mode"] = "write"
             hello["slaves"] = [
                 {"slave": r.slave_id, "agent": r.agent_id, "mode": r.mode}
-                for r in self.slaves.values() if r.peer is not None
+                for r in self.slaves.values() if r.peer is not None and r.admitted
             ]
+            # Join requests still unanswered (asked while the master was away, or again after a reload).
+            hello["pending"] = [{"slave": r.slave_id, "agent": r.agent_id}
+                                for r in self.slaves.values() if not r.admitted]
+        if record is not None:
+            hello["admitted"] = record.admitted
         return hello
 
     def peers(self):

@@ -3,7 +3,8 @@
 The co-browse server (which knows its agents) signs a ticket for one session and one agent with
 a secret it shares with the relay; the agent's browser passes it as ``join_token`` when joining.
 A ticket is ``base64url(json{"s": session, "a": agent, "exp": unix seconds}) "." base64url(mac)``
-with HMAC-SHA256.  Verification is constant-time and checks session, agent and expiry.
+with HMAC-SHA256.  Verification is constant-time and checks session, agent and expiry; a ticket
+admits its agent once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = ["make_join_ticket", "TicketAuthorizer", "DEFAULT_TICKET_TTL_S"]
 
 DEFAULT_TICKET_TTL_S = 300.0
 MAX_TICKET_CHARS = 2048
+MIN_SWEEP_ENTRIES = 1024  # used tickets remembered before the first sweep of expired ones
 
 
 def _b64(data: bytes) -> str:
@@ -44,17 +46,23 @@ def make_join_ticket(secret: bytes, session_id: str, agent_id: str, *, ttl_s: fl
 
 
 class TicketAuthorizer:
-    """``Config(authorize_join=TicketAuthorizer(secret))``: admit joins that carry a valid ticket."""
+    """``Config(authorize_join=TicketAuthorizer(secret))``: admit joins that carry a valid ticket.
+
+    A ticket admits the agent it names, once: the join must name that agent, and the ticket is
+    remembered (until it expires) so that it cannot be used again.  ``join_policy = "ticket"`` uses
+    one of these with the configured secret.
+    """
 
     def __init__(self, secret: bytes, *, clock: Callable[[], float] = time.time) -> None:
         if len(secret) < 16:
             raise ValueError("the ticket secret must be at least 16 bytes")
         self._secret = secret
         self._clock = clock
+        self._used: dict = {}  # mac -> expiry, for tickets that admitted a join
 
     def __call__(self, request: JoinRequest) -> bool:
         ticket = request.join_token
-        if not ticket or len(ticket) > MAX_TICKET_CHARS or ticket.count(".") != 1:
+        if not ticket or len(ticket) > MAX_TICKET_CHARS or ticket.count(".") != 1 or not request.agent_id:
             return False
         payload, mac = ticket.split(".")
         try:
@@ -65,7 +73,22 @@ class TicketAuthorizer:
             return False
         if not isinstance(claims, dict) or claims.get("s") != request.session_id:
             return False
-        if request.agent_id is not None and claims.get("a") != request.agent_id:
+        if claims.get("a") != request.agent_id:
             return False
         expires = claims.get("exp")
-        return isinstance(expires, int) and self._clock() < expires
+        now = self._clock()
+        if not isinstance(expires, int) or now >= expires:
+            return False
+        if mac in self._used:
+            return False  # each ticket admits once
+        self._forget_expired(now)
+        self._used[mac] = expires
+        return True
+
+    def _forget_expired(self, now: float) -> None:
+        # Amortised: a sweep only when the table has doubled since the last one.
+        if len(self._used) >= self._sweep_at:
+            self._used = {mac: expires for mac, expires in self._used.items() if expires > now}
+            self._sweep_at = max(2 * len(self._used), MIN_SWEEP_ENTRIES)
+
+    _sweep_at = 1024

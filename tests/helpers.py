@@ -65,8 +65,12 @@ def unpack(body):
 
 
 def test_config(**overrides) -> relay.Config:
-    """A Config on loopback port 0 with limits small enough for quick tests."""
-    settings = dict(listen="127.0.0.1:0", private_listen="127.0.0.1:0", node_name="test-node", log_level="warning")
+    """A Config on loopback port 0 with limits small enough for quick tests.
+
+    Joins are admitted at once (``join_policy="open"``) unless a test asks otherwise: the tests of the
+    join policies (tests/integration/test_join_policy.py) set it themselves."""
+    settings = dict(listen="127.0.0.1:0", private_listen="127.0.0.1:0", node_name="test-node", log_level="warning",
+                    join_policy="open")
     settings.update(overrides)
     return relay.Config(**settings)
 
