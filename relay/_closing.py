@@ -225,8 +225,8 @@ class ClosingHandshake:
 
     @property
     def expects_frames(self) -> bool:
-        """Whether the peer's frames are still parsed: until its close frame or our failing."""
-        return not (self.peer_close_received or self.failed)
+        """Whether the peer's frames are still parsed: until its close frame, our failing, or the end."""
+        return not (self.peer_close_received or self.failed) and self.state is not _CLOSED
 
     @property
     def must_echo(self) -> bool:
