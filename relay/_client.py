@@ -33,6 +33,7 @@ from relay._accel import (
     parse_close_payload,
     peek_envelope,
 )
+from relay._closecodes import CloseCode
 from relay._errors import RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
 
@@ -280,14 +281,15 @@ class ClientConnection:
                 else:
                     return opcode, payload
             if self.close_code is not None or self.closed:
-                raise ConnectionClosed(self.close_code if self.close_code is not None else 1006, self.close_reason)
+                raise ConnectionClosed(self.close_code if self.close_code is not None else CloseCode.ABNORMAL_CLOSURE,
+                                       self.close_reason)
             try:
                 data = await recv(self.sock, RECV_BYTES, self.yielder)
             except Broken:
                 data = b""
             if not data:
                 self.closed = True
-                self.close_code = self.close_code if self.close_code is not None else 1006
+                self.close_code = self.close_code if self.close_code is not None else CloseCode.ABNORMAL_CLOSURE
                 raise ConnectionClosed(self.close_code, "connection lost")
             self.decoder.feed(data)
             while True:
@@ -302,7 +304,7 @@ class ClientConnection:
         kind, seq, offset = peek_envelope(payload)
         return Envelope(kind, seq, memoryview(payload)[offset:])
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame, wait briefly for the relay's, and drop the connection."""
         try:
             if not self.closed:

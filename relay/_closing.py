@@ -33,12 +33,13 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
+from relay._accel import MAX_CONTROL_PAYLOAD
 from relay._closecodes import CloseCode
 from relay._errors import LocalProtocolError
 
 __all__ = ["ConnectionState", "ClosingHandshake", "MAX_CLOSE_REASON_BYTES", "clip_close_reason"]
 
-MAX_CLOSE_REASON_BYTES = 123  # a control payload is at most 125 bytes, 2 of them the code
+MAX_CLOSE_REASON_BYTES = MAX_CONTROL_PAYLOAD - 2  # the close payload's first 2 bytes are the code
 
 
 class ConnectionState(enum.Enum):
