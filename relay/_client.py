@@ -32,6 +32,7 @@ from relay._accel import (
     parse_close_payload,
     peek_envelope,
 )
+from relay._closecodes import CloseCode
 from relay._config import DEFAULT_MAX_MESSAGE_BYTES
 from relay._errors import EnvelopeError, RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
@@ -303,14 +304,15 @@ class ClientConnection:
                 else:
                     return opcode, payload
             if self.close_code is not None or self.closed:
-                raise ConnectionClosed(self.close_code if self.close_code is not None else 1006, self.close_reason)
+                raise ConnectionClosed(self.close_code if self.close_code is not None else CloseCode.ABNORMAL_CLOSURE,
+                                       self.close_reason)
             try:
                 data = await recv(self.sock, RECV_BYTES, self.yielder)
             except Broken:
                 data = b""
             if not data:
                 self.closed = True
-                self.close_code = self.close_code if self.close_code is not None else 1006
+                self.close_code = self.close_code if self.close_code is not None else CloseCode.ABNORMAL_CLOSURE
                 raise ConnectionClosed(self.close_code, "connection lost")
             self.decoder.feed(data)
             while True:
@@ -324,7 +326,7 @@ class ClientConnection:
         _opcode, payload = await self.receive_frame()
         return parse_delivered(payload)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame, wait briefly for the relay's, and drop the connection."""
         try:
             if not self.closed:

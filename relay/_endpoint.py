@@ -6,13 +6,18 @@ transports share one set of rules (SPEC 3: "same semantics as the WebSocket").
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from relay._accel import OP_TEXT, peek_envelope
-from relay._errors import FloodError
-from relay._session import CLOSE_POLICY, CLOSE_UNSUPPORTED_DATA, Peer, Role, Session
+from relay._closecodes import CloseCode
+from relay._errors import FloodError, RemoteProtocolError
+from relay._session import Peer, Role, Session
 
 __all__ = ["deliver_envelope", "refuse", "SessionSocketHandler"]
+
+log = logging.getLogger("relay.endpoint")
 
 
 def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
@@ -45,7 +50,7 @@ def refuse(session: Session, peer: Peer, error, now: float) -> None:
         return
     session.stats["flood_closed"] += 1
     reason = "too many refused envelopes"
-    peer.close(CLOSE_POLICY, reason)
+    peer.close(CloseCode.POLICY_VIOLATION, reason)
     raise FloodError(reason)
 
 
@@ -61,19 +66,24 @@ class SessionSocketHandler:
     def on_message(self, opcode: int, payload: bytes) -> None:
         connection = self.connection
         if opcode == OP_TEXT:
-            connection.request_close(CLOSE_UNSUPPORTED_DATA, "text messages are not supported: send binary envelopes",
+            connection.request_close(CloseCode.UNSUPPORTED_DATA, "text messages are not supported: send binary envelopes",
                                      discard_queued=True)
             return
         self.metrics.message_in(self.peer.role.value, len(payload))
         try:
             # The time of the read that brought this message: one clock call per read, not per message.
             deliver_envelope(self.session, self.peer, payload, connection.last_receive)
-        except Exception as exc:  # EnvelopeError and nothing else is expected
-            code = getattr(exc, "close_code", 1011)
-            if code == 1011:
-                raise
+        except FloodError as exc:  # the peer's fault too, already counted by the session (flood_closed)
+            connection.request_close(exc.close_code, exc.message, discard_queued=True)
+        except RemoteProtocolError as exc:  # the peer's fault: a malformed envelope (EnvelopeError)
             self.metrics.envelope_error()
-            connection.request_close(code, str(exc), discard_queued=True)
+            connection.request_close(exc.close_code, exc.message, discard_queued=True)
+        except Exception:
+            # A LocalProtocolError or any other exception is relay's own bug, never the peer's bad
+            # envelope: log it, and cost this one connection (1011), not the session or the node.
+            log.exception("internal.error", extra={"relay_fields": {
+                "conn": connection.connection_id, "session": self.session.id, "role": self.peer.role.value}})
+            connection.request_close(CloseCode.INTERNAL_ERROR, "internal error", discard_queued=True)
 
     def on_close(self) -> None:
         self.session.detach(self.peer, trio.current_time())

@@ -12,6 +12,8 @@ Like h11 and wsproto, a protocol error says whose fault it is:
 
 from __future__ import annotations
 
+from relay._closecodes import CloseCode
+
 __all__ = [
     "RelayError",
     "ProtocolError",
@@ -33,10 +35,10 @@ class ProtocolError(RelayError):
     ``close_code`` is the RFC 6455 close code that fits the fault; ``http_status`` the HTTP status.
     """
 
-    def __init__(self, message: str, *, close_code: int = 1002, http_status: int = 400) -> None:
+    def __init__(self, message: str, *, close_code: int = CloseCode.PROTOCOL_ERROR, http_status: int = 400) -> None:
         super().__init__(message)
         self.message = message
-        self.close_code = close_code
+        self.close_code = _as_close_code(close_code)
         self.http_status = http_status
 
     def __repr__(self) -> str:
@@ -44,6 +46,14 @@ class ProtocolError(RelayError):
 
     def __reduce__(self):  # keep the codes when pickled (hypothesis, multiprocessing)
         return (_rebuild, (type(self), self.message, self.close_code, self.http_status))
+
+
+def _as_close_code(code: int) -> int:
+    """The CloseCode member for ``code`` (both twins then raise the same type), else the number."""
+    try:
+        return CloseCode(code)
+    except ValueError:  # an application's code (3000-4999) that relay has no name for
+        return code
 
 
 def _rebuild(cls, message, close_code, http_status):
@@ -64,7 +74,8 @@ class EnvelopeError(RemoteProtocolError):
     Sent as close code 1007 (data inconsistent with the message type) or HTTP 400.
     """
 
-    def __init__(self, message: str, *, close_code: int = 1007, http_status: int = 400) -> None:
+    def __init__(self, message: str, *, close_code: int = CloseCode.INVALID_FRAME_PAYLOAD_DATA,
+                 http_status: int = 400) -> None:
         super().__init__(message, close_code=close_code, http_status=http_status)
 
 

@@ -126,6 +126,8 @@ cdef enum:
     _MAX_HEADER_BYTES = 14
     _MAX_CONTROL = 125
     _RECEIVE_BUFFER_BYTES = 256 * 1024
+    # CloseCode.PROTOCOL_ERROR, INVALID_FRAME_PAYLOAD_DATA, MESSAGE_TOO_BIG (relay/_closecodes.py),
+    # as C constants for _fail; RemoteProtocolError turns them into CloseCode members.
     _CLOSE_PROTOCOL_ERROR = 1002
     _CLOSE_INVALID_PAYLOAD = 1007
     _CLOSE_MESSAGE_TOO_BIG = 1009

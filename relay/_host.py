@@ -17,7 +17,8 @@ import trio
 
 from relay._config import Config
 from relay._logging import log_event
-from relay._session import CLOSE_SESSION_ENDED, Session
+from relay._closecodes import CloseCode
+from relay._session import Session
 
 __all__ = ["SessionHost", "LimitReached", "SESSION_ID_BYTES"]
 
@@ -67,7 +68,7 @@ class SessionHost:
             return None
         return session
 
-    def end(self, session: Session, reason: str, *, code: int = CLOSE_SESSION_ENDED, announce: bool = True) -> None:
+    def end(self, session: Session, reason: str, *, code: int = CloseCode.SESSION_ENDED, announce: bool = True) -> None:
         if self.sessions.get(session.id) is not session:
             return
         del self.sessions[session.id]

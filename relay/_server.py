@@ -23,6 +23,7 @@ import msgpack
 import trio
 
 from relay._accel import implementation
+from relay._closecodes import CloseCode
 from relay._config import (
     DEFAULT_ECHO_LISTEN,
     DEFAULT_HANDSHAKE_TIMEOUT_S,
@@ -43,7 +44,7 @@ from relay._logging import log_event
 from relay._metrics import CONTENT_TYPE_LATEST, Metrics
 from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
-from relay._session import CLOSE_SERVICE_RESTART, Peer, Role, Session, SessionEnded
+from relay._session import Peer, Role, Session, SessionEnded
 from relay._tickets import TicketAuthorizer
 from relay._websocket import EchoHandler, WebSocketConnection
 
@@ -56,7 +57,6 @@ CORS_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
 MAX_AGENT_ID_CHARS = 256  # an agent id is repeated in every presence event
 LISTEN_BACKLOG = 1024
 ECHO_QUEUE_MESSAGES = 4  # the echo server's outbox holds this many maximum-size messages
-SHUTDOWN_CLOSE_CODE = CLOSE_SERVICE_RESTART  # clients reconnect (through the LB) elsewhere
 STATIC_FILES = {
     "/cobrowse/client.js": ("client.js", "application/javascript; charset=utf-8"),
     "/cobrowse/master.html": ("master.html", "text/html; charset=utf-8"),
@@ -143,7 +143,7 @@ class Server:
         for sock in self._listeners:
             close_socket(sock)
         # Not announced as "ended": in a cluster the session goes on on the next replica.
-        self.host.end_all("node shutting down", code=SHUTDOWN_CLOSE_CODE, announce=False)
+        self.host.end_all("node shutting down", code=CloseCode.SERVICE_RESTART, announce=False)
         with trio.move_on_after(self.config.shutdown_grace_s):
             await self._no_connections.wait()
         log_event(log, logging.INFO, "node.shutdown", connections_left=self.connections)
@@ -414,7 +414,7 @@ class Server:
             else:
                 session.attach_slave(record, peer, now, after=after, epoch=epoch)
         except SessionEnded:
-            peer.close(4002, "session ended")
+            peer.close(CloseCode.SESSION_ENDED, "session ended")
         log_event(log, logging.INFO, "ws.open", conn=connection_id, session=session.id, role=role.value,
                   slave=record.slave_id if record is not None else None)
         try:

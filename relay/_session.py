@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import msgpack
 
 from relay._accel import envelope_frame_header, sender_tail
+from relay._closecodes import CloseCode
 from relay._config import Config
 from relay._outbox import MESSAGE_OVERHEAD_BYTES, Outbox
 
@@ -44,25 +45,7 @@ __all__ = [
     "Session",
     "SlaveRecord",
     "SessionEnded",
-    "CLOSE_NORMAL",
-    "CLOSE_GOING_AWAY",
-    "CLOSE_POLICY",
-    "CLOSE_TRY_AGAIN_LATER",
-    "CLOSE_SERVICE_RESTART",
-    "CLOSE_REPLACED",
-    "CLOSE_SESSION_ENDED",
 ]
-
-# WebSocket close codes the relay sends (RFC 6455 and its private range).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN_LATER = 1013  # a slave that cannot keep up even after a resync
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_REPLACED = 4001  # a newer connection with the same token took this one's place
-CLOSE_SESSION_ENDED = 4002  # the session ended (master left, idle, or ended by the master)
-CLOSE_JOIN_REFUSED = 4403  # the master refused this slave, or did not admit it in time (SPEC 6)
 
 # Kinds (SPEC 4).
 BROADCAST_FROM_MASTER = frozenset({"snapshot", "mutation", "css", "navigate"})
@@ -267,7 +250,7 @@ class Session:
             record.peer = None
             peer.session = None
             peer.clear()
-            peer.close(CLOSE_JOIN_REFUSED, reason)
+            peer.close(CloseCode.JOIN_REFUSED, reason)
         if self.master is not None:
             self.master.push_within_bound(relay_message(
                 "presence", {"event": "join-withdrawn", "slave": record.slave_id, "agent": record.agent_id}))
@@ -308,7 +291,7 @@ class Session:
             raise SessionEnded(self.ended)
         previous = self.master
         if previous is not None:
-            previous.close(CLOSE_REPLACED, "replaced by a newer master connection")
+            previous.close(CloseCode.REPLACED, "replaced by a newer master connection")
         reconnect = self.master_ever_connected
         self.master = peer
         peer.session = self
@@ -326,7 +309,7 @@ class Session:
             raise SessionEnded(self.ended)
         previous = record.peer
         if previous is not None:
-            previous.close(CLOSE_REPLACED, "replaced by a newer connection of this slave")
+            previous.close(CloseCode.REPLACED, "replaced by a newer connection of this slave")
         if previous in self._slave_peers:
             self._slave_peers.remove(previous)
         record.peer = peer
@@ -394,7 +377,7 @@ class Session:
     def slaves_connected(self) -> int:
         return sum(1 for record in self.slaves.values() if record.peer is not None)
 
-    def end(self, reason: str, *, code: int = CLOSE_SESSION_ENDED, announce: bool = True) -> None:
+    def end(self, reason: str, *, code: int = CloseCode.SESSION_ENDED, announce: bool = True) -> None:
         """End the session here: tell every peer (unless ``announce`` is False: a node shutting
         down, after which the session may go on elsewhere), then close them with ``code``."""
         if self.ended:
@@ -540,7 +523,7 @@ class Session:
             self.stats["slow_closed"] += 1
             self.stats["dropped_stale"] += len(peer.queue)
             peer.clear()
-            peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
+            peer.close(CloseCode.TRY_AGAIN_LATER, "slave cannot keep up with the session")
             return False
         # ``message`` is already in the history, so the catch-up below includes it.
         self.stats["resyncs"] += 1
@@ -555,7 +538,7 @@ class Session:
             self.stats["slow_closed"] += 1
             self.stats["dropped_stale"] += len(peer.queue)
             peer.clear()
-            peer.close(CLOSE_TRY_AGAIN_LATER, "slave cannot keep up with the session")
+            peer.close(CloseCode.TRY_AGAIN_LATER, "slave cannot keep up with the session")
             return False
         return True
 

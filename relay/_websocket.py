@@ -28,6 +28,8 @@ from relay._accel import (
     frame_header,
     parse_close_payload,
 )
+from relay._closecodes import CloseCode
+from relay._closing import ClosingHandshake, ConnectionState
 from relay._errors import RemoteProtocolError
 from relay._logging import log_event
 from relay._netio import Broken, Yielder, close_socket, recv_into, send_buffers
@@ -37,13 +39,11 @@ __all__ = ["MessageHandler", "WebSocketConnection", "EchoHandler", "CLOSE_HANDSH
 
 log = logging.getLogger("relay.ws")
 
+_OPEN = ConnectionState.OPEN
+
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0  # after our close frame, how long we wait for the peer's
 RECV_BUFFER_BYTES = 256 * 1024
 MAX_PENDING_CONTROL_FRAMES = 16  # pongs beyond this are dropped: only the latest ping needs one
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_NO_STATUS = 1005
 
 # One receive buffer for the whole process: a reader consumes what it read (FrameDecoder.feed
 # copies what it must keep) before its next await, and trio runs one task at a time.
@@ -60,7 +60,11 @@ class MessageHandler(Protocol):
 
 
 class WebSocketConnection:
-    """Runs one connection until it closes.  ``stats`` counts frames and bytes for metrics."""
+    """Runs one connection until it closes.
+
+    The closing handshake is decided by ``closing`` (:class:`~relay._closing.ClosingHandshake`);
+    this class only does what it allows, and reports what happened on the socket.
+    """
 
     def __init__(self, sock: socket.socket, outbox: Outbox, handler: MessageHandler, *,
                  max_message_bytes: int, ping_interval_s: float, idle_timeout_s: float,
@@ -74,15 +78,7 @@ class WebSocketConnection:
         self.connection_id = connection_id
         self.leftover = leftover
         self.control: collections.deque = collections.deque()
-        self.close_sent = False
-        self.close_received = False
-        self.close_code: Optional[int] = None  # the code we sent (or will send)
-        self.close_reason = ""
-        # Once a close is requested: how many of the queued messages still go out before the close
-        # frame (None: no close requested).  Counted, so that a busy session that keeps pushing
-        # cannot postpone the close frame, and nothing pushed after the decision is sent.
-        self._messages_before_close: Optional[int] = None
-        self.peer_close_code: Optional[int] = None
+        self.closing = ClosingHandshake()
         self.last_receive = trio.current_time()
         self.bytes_in = 0
         self.messages_in = 0
@@ -93,6 +89,19 @@ class WebSocketConnection:
         self._cancel_scope: Optional[trio.CancelScope] = None
         outbox.wakeup = self._notify
         outbox.on_close = self._arm_close_deadline
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """The code we sent (or will send); None if no close was decided."""
+        return self.closing.code
+
+    @property
+    def close_reason(self) -> str:
+        return self.closing.reason
+
+    @property
+    def peer_close_code(self) -> Optional[int]:
+        return self.closing.peer_code
 
     def _notify(self) -> None:
         # Called for every message queued to this connection: only a waiting writer needs the
@@ -110,6 +119,7 @@ class WebSocketConnection:
 
     async def _close_deadline(self) -> None:
         await trio.sleep(CLOSE_HANDSHAKE_TIMEOUT_S)
+        self.closing.deadline_expired()
         self._finish()
 
     async def run(self) -> None:
@@ -124,6 +134,7 @@ class WebSocketConnection:
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._keepalive)
         finally:
+            self.closing.connection_lost()  # if it did not end by the handshake or the deadline
             self.outbox.wakeup = _nothing
             self.outbox.on_close = _nothing
             close_socket(self.sock)
@@ -137,14 +148,9 @@ class WebSocketConnection:
 
     def request_close(self, code: int, reason: str, *, discard_queued: bool) -> None:
         """Send a close frame (after the queue, unless discarded) and end the connection."""
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
         if discard_queued:
             self.outbox.clear()
-            self._messages_before_close = 0
-        elif self._messages_before_close is None:
-            self._messages_before_close = len(self.outbox.queue)
+        self.closing.request_close(code, reason, queued=len(self.outbox.queue))
         self._arm_close_deadline()
         self._notify()
 
@@ -152,6 +158,7 @@ class WebSocketConnection:
 
     async def _reader(self) -> None:
         decoder = self.decoder
+        closing = self.closing
         sock = self.sock
         yielder = Yielder()
         try:
@@ -163,7 +170,7 @@ class WebSocketConnection:
                 # The rest of a large payload goes straight into the message being assembled;
                 # anything else through the shared buffer (no per-connection buffer: idle
                 # connections stay small).
-                payload_view = None if self.close_received else decoder.payload_buffer()
+                payload_view = decoder.payload_buffer() if closing.expects_frames else None
                 if payload_view is not None:
                     n = await recv_into(sock, payload_view, yielder)
                     payload_view = None
@@ -176,10 +183,10 @@ class WebSocketConnection:
                     if n == 0:
                         break  # the peer closed TCP without (or after) a close frame
                     self.last_receive = trio.current_time()
-                    if not self.close_received:
+                    if closing.expects_frames:
                         decoder.feed(_shared_receive_view[:n])
                 self.bytes_in += n
-                if not self.close_received:
+                if closing.expects_frames:
                     self._drain_events()
                 await yielder.account(n)
         except RemoteProtocolError as exc:
@@ -190,15 +197,24 @@ class WebSocketConnection:
             # the outbox) still go out ahead of our close frame.  The discard below bounds how
             # long that may take (CLOSE_HANDSHAKE_TIMEOUT_S), so a peer that stops reading
             # cannot hold the connection open.
-            self.request_close(exc.close_code, exc.message, discard_queued=False)
-            await self._discard_until_eof(yielder)
+            closing.fail(exc.close_code, exc.message, queued=len(self.outbox.queue))
+            self._arm_close_deadline()
+            self._notify()
+            if await self._discard_until_eof(yielder):
+                closing.connection_lost()
+            else:
+                closing.deadline_expired()
+            self._finish()
+            return
         except Broken:
             pass
+        closing.connection_lost()
         self._finish()
 
     def _drain_events(self) -> None:
         decoder = self.decoder
         handler = self.handler
+        closing = self.closing
         while True:
             event = decoder.next_event()
             if event is None:
@@ -206,10 +222,10 @@ class WebSocketConnection:
             opcode, payload = event
             if opcode == OP_BINARY or opcode == OP_TEXT:
                 self.messages_in += 1
-                if self.close_code is None:
+                if closing.state is _OPEN:  # (closing.accepts_messages, without a call per message)
                     handler.on_message(opcode, payload)
             elif opcode == OP_PING:
-                if len(self.control) < MAX_PENDING_CONTROL_FRAMES and not self.close_sent:
+                if len(self.control) < MAX_PENDING_CONTROL_FRAMES and closing.may_send_control:
                     self.control.append(encode_frame(OP_PONG, payload))
                     self._notify()
             elif opcode == OP_CLOSE:
@@ -218,46 +234,52 @@ class WebSocketConnection:
             # OP_PONG: its arrival already refreshed last_receive.
 
     def _on_peer_close(self, payload: bytes) -> None:
-        self.close_received = True
-        code, reason = parse_close_payload(payload)
-        self.peer_close_code = code
-        if self.close_sent:
+        code, _reason = parse_close_payload(payload)
+        if self.closing.peer_closed(code) is ConnectionState.CLOSED:
             self._finish()  # both close frames are out: the handshake is complete
             return
-        # Echo the peer's code (RFC 6455 5.5.1) and send nothing more.
-        self.request_close(code if code is not None else CLOSE_NO_STATUS, "", discard_queued=True)
+        # Our echo (RFC 6455 5.5.1) is due, and nothing else goes out.
+        self.outbox.clear()
+        self._arm_close_deadline()
+        self._notify()
 
-    async def _discard_until_eof(self, yielder: Yielder) -> None:
+    async def _discard_until_eof(self, yielder: Yielder) -> bool:
+        """Read and drop until EOF (True) or CLOSE_HANDSHAKE_TIMEOUT_S (False)."""
         with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S):
             while True:
-                n = await recv_into(self.sock, _shared_receive_view, yielder)
+                try:
+                    n = await recv_into(self.sock, _shared_receive_view, yielder)
+                except Broken:
+                    return True
                 if n == 0:
-                    return
+                    return True
                 await yielder.account(n)
+        return False
 
     # ------------------------------------------------------------------ writing
 
     async def _writer(self) -> None:
         outbox = self.outbox
         control = self.control
+        closing = self.closing
         sock = self.sock
         yielder = Yielder()
         try:
-            while True:
+            while closing.state is not ConnectionState.CLOSED:
                 buffers = []
                 if control:
+                    closing.control_sent()
                     buffers.extend(control)
                     control.clear()
                 if outbox.queue:
-                    remaining = self._messages_before_close
-                    if remaining is None:
+                    allowance = closing.data_allowance()
+                    if allowance is None:
                         batch = outbox.take_batch()
                     else:
-                        batch = outbox.take_batch(max_frames=min(remaining, WRITER_BATCH_FRAMES)) if remaining else []
-                        remaining -= len(batch)
-                        self._messages_before_close = remaining
-                        if not remaining:
-                            outbox.clear()  # pushed after the close was decided: never sent
+                        batch = outbox.take_batch(max_frames=min(allowance, WRITER_BATCH_FRAMES)) if allowance else []
+                    closing.data_sent(len(batch))
+                    if allowance is not None and not closing.data_allowance():
+                        outbox.clear()  # pushed after the close was decided: never sent
                     for message in batch:
                         buffers.append(message.head)
                         # An empty iovec is never consumed by sendmsg: send_buffers would spin on it.
@@ -265,27 +287,25 @@ class WebSocketConnection:
                             buffers.append(message.body)
                         if message.tail:
                             buffers.append(message.tail)
-                elif outbox.closing and self.close_code is None:
+                elif outbox.closing and closing.state is _OPEN:
                     # The session asked to close after what it queued: that is all sent now.
-                    self.close_code = outbox.close_code
-                    self.close_reason = outbox.close_reason
-                send_close = self.close_code is not None and not outbox.queue and not self.close_sent
+                    closing.request_close(outbox.close_code, outbox.close_reason, queued=0)
+                send_close = closing.close_frame_due(len(outbox.queue))
                 if send_close:
-                    code = None if self.close_code == CLOSE_NO_STATUS else self.close_code
-                    reason = _clip_reason(self.close_reason) if code is not None else ""
+                    code, reason = closing.close_frame()
                     buffers.append(encode_frame(OP_CLOSE, close_payload(code, reason)))
                 if buffers:
                     await send_buffers(sock, buffers, yielder)
                 if send_close:
-                    self.close_sent = True
-                    if not self.close_received:
-                        if self.decoder is None:
+                    if closing.close_written() is ConnectionState.CLOSE_SENT:
+                        if closing.failed:
                             # We failed the connection: the peer's answer cannot be parsed, so
                             # waiting for it is pointless.  The server closes TCP first (RFC 6455
                             # 7.1.1); a half-close rather than close() lets the reader drain what
                             # is in flight, so no RST overtakes our close frame at the peer.
                             _shutdown_write(sock)
                         await trio.sleep(CLOSE_HANDSHAKE_TIMEOUT_S)
+                        closing.deadline_expired()
                     self._finish()
                     return
                 if not buffers and not control and not outbox.queue:
@@ -293,6 +313,7 @@ class WebSocketConnection:
                     self._writer_waiting = True
                     await self._wake.wait()
         except Broken:
+            closing.connection_lost()
             self._finish()
 
     # ------------------------------------------------------------------ keepalive
@@ -303,19 +324,11 @@ class WebSocketConnection:
             idle = trio.current_time() - self.last_receive
             if idle >= self.idle_timeout_s:
                 log_event(log, logging.INFO, "ws.idle_timeout", conn=self.connection_id, idle_s=round(idle, 1))
-                self.request_close(CLOSE_GOING_AWAY, "idle timeout", discard_queued=True)
+                self.request_close(CloseCode.GOING_AWAY, "idle timeout", discard_queued=True)
                 return
-            if not self.close_sent and len(self.control) < MAX_PENDING_CONTROL_FRAMES:
+            if self.closing.may_send_control and len(self.control) < MAX_PENDING_CONTROL_FRAMES:
                 self.control.append(encode_frame(OP_PING, b"relay"))
                 self._notify()
-
-
-def _clip_reason(reason: str) -> str:
-    """A close reason fits in 123 UTF-8 bytes; cut on a character boundary."""
-    data = reason.encode("utf-8")
-    if len(data) <= 123:
-        return reason
-    return data[:123].decode("utf-8", "ignore")
 
 
 def _shutdown_write(sock: socket.socket) -> None:

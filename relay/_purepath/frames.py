@@ -18,6 +18,7 @@ import operator
 import os
 import sys
 
+from relay._closecodes import CloseCode
 from relay._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -58,10 +59,6 @@ PAYLOAD_BUFFER_MIN_BYTES = 64 * 1024
 MAX_CLOSE_REASON_BYTES = MAX_CONTROL_PAYLOAD - 2
 #: Largest header: 2 fixed bytes, 8 bytes of 64-bit length, 4 bytes of mask key.
 MAX_HEADER_BYTES = 14
-
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_MESSAGE_TOO_BIG = 1009
 
 _DATA_OPCODES = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
 _KNOWN_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
@@ -174,15 +171,15 @@ def close_payload(code=None, reason="") -> bytes:
 def _close_payload_fault(payload: bytes):
     """(close_code, reason) of what is wrong with a received close payload, or None."""
     if len(payload) == 1:
-        return CLOSE_PROTOCOL_ERROR, "a close payload cannot be 1 byte"
+        return CloseCode.PROTOCOL_ERROR, "a close payload cannot be 1 byte"
     if len(payload) >= 2:
         code = int.from_bytes(payload[:2], "big")
         if not _close_code_allowed_on_wire(code):
-            return CLOSE_PROTOCOL_ERROR, f"close code {code} is not allowed on the wire"
+            return CloseCode.PROTOCOL_ERROR, f"close code {code} is not allowed on the wire"
         try:
             payload[2:].decode("utf-8")
         except UnicodeDecodeError:
-            return CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8"
+            return CloseCode.INVALID_FRAME_PAYLOAD_DATA, "close reason is not valid UTF-8"
     return None
 
 
@@ -443,51 +440,51 @@ class FrameDecoder:
         opcode = first & 0x0F
         fin = first & 0x80
         if first & 0x70:
-            return CLOSE_PROTOCOL_ERROR, "RSV bit set but no extension was negotiated"
+            return CloseCode.PROTOCOL_ERROR, "RSV bit set but no extension was negotiated"
         if opcode not in _KNOWN_OPCODES:
-            return CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode}"
+            return CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode}"
         is_control = opcode >= OP_CLOSE
         if is_control and not fin:
-            return CLOSE_PROTOCOL_ERROR, "fragmented control frame"
+            return CloseCode.PROTOCOL_ERROR, "fragmented control frame"
         if opcode == OP_CONTINUATION and not self._message_opcode:
-            return CLOSE_PROTOCOL_ERROR, "continuation frame without a message to continue"
+            return CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
         if opcode in (OP_TEXT, OP_BINARY) and self._message_opcode:
-            return CLOSE_PROTOCOL_ERROR, "new message inside a fragmented message"
+            return CloseCode.PROTOCOL_ERROR, "new message inside a fragmented message"
         if available < 2:
             return 0
         second = header[1]
         masked = bool(second & 0x80)
         if masked == self._client_side:
             if self._client_side:
-                return CLOSE_PROTOCOL_ERROR, "masked frame from the server"
-            return CLOSE_PROTOCOL_ERROR, "unmasked frame from a client"
+                return CloseCode.PROTOCOL_ERROR, "masked frame from the server"
+            return CloseCode.PROTOCOL_ERROR, "unmasked frame from a client"
         length7 = second & 0x7F
         if is_control:
             if length7 > MAX_CONTROL_PAYLOAD:
-                return CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes"
+                return CloseCode.PROTOCOL_ERROR, "control frame longer than 125 bytes"
             if opcode == OP_CLOSE and length7 == 1:
-                return CLOSE_PROTOCOL_ERROR, "a close payload cannot be 1 byte"
+                return CloseCode.PROTOCOL_ERROR, "a close payload cannot be 1 byte"
         if length7 == 126:
             if available < 4:
                 return 0
             length = int.from_bytes(header[2:4], "big")
             if length < 126:
-                return CLOSE_PROTOCOL_ERROR, "16-bit length used for a length below 126"
+                return CloseCode.PROTOCOL_ERROR, "16-bit length used for a length below 126"
             size = 4
         elif length7 == 127:
             if available < 10:
                 return 0
             length = int.from_bytes(header[2:10], "big")
             if length >> 63:
-                return CLOSE_PROTOCOL_ERROR, "64-bit length with the top bit set"
+                return CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set"
             if length < 1 << 16:
-                return CLOSE_PROTOCOL_ERROR, "64-bit length used for a length below 65536"
+                return CloseCode.PROTOCOL_ERROR, "64-bit length used for a length below 65536"
             size = 10
         else:
             length = length7
             size = 2
         if not is_control and length > self._max_message_size - self._message_length:
-            return CLOSE_MESSAGE_TOO_BIG, (
+            return CloseCode.MESSAGE_TOO_BIG, (
                 f"message larger than the limit of {self._max_message_size} bytes"
             )
         if masked:
@@ -531,7 +528,7 @@ class FrameDecoder:
             return None
         self._message_chunks.append(data)
         if self._utf8 is not None and not self._utf8.feed(data):
-            return CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8"
+            return CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message is not valid UTF-8"
         return None
 
     def _finish_frame(self):
@@ -549,7 +546,7 @@ class FrameDecoder:
         if not self._frame_fin:
             return None
         if self._utf8 is not None and not self._utf8.finish():
-            return CLOSE_INVALID_PAYLOAD, "text message ends inside a UTF-8 sequence"
+            return CloseCode.INVALID_FRAME_PAYLOAD_DATA, "text message ends inside a UTF-8 sequence"
         payload = b"".join(self._message_chunks)
         self._events.append((self._message_opcode, payload))
         self._message_chunks = []

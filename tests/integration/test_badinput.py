@@ -221,3 +221,46 @@ async def test_join_with_an_oversized_or_mistyped_agent_id_is_refused():
                 assert status == 400, payload
                 assert json.loads(body)["error"] == "bad-request"
             assert (await client.join(created["session"], agent="a" * 256))["mode"] == "pointer"
+
+
+def _envelope_errors(server) -> float:
+    return server.metrics.registry.get_sample_value("relay_envelope_errors_total")
+
+
+async def test_a_malformed_envelope_is_the_peers_fault_and_counted():
+    with trio.fail_after(5):
+        async with session_with_observer() as ctx:
+            bad = await RawSocket.open(ctx["listening"].public_port, ws_target(ctx["sid"], ctx["bad_join"]["slave_token"]))
+            assert (await bad.receive()).kind == "hello"
+            before = _envelope_errors(ctx["server"])
+            await bad.send_raw(encode_client_frame(OP_BINARY, b"\x93\xa8mutation"))
+            assert await bad.close_code() == 1007
+            assert _envelope_errors(ctx["server"]) == before + 1
+            await carries_on(ctx)
+
+
+async def test_relays_own_bug_while_routing_is_1011_and_logged_not_the_peers_bad_envelope(monkeypatch, caplog):
+    from relay._errors import LocalProtocolError
+    from relay._session import Session
+
+    route = Session.from_slave
+
+    def buggy_from_slave(self, peer, kind, body, now):
+        if bytes(body) == pack("trigger the bug"):
+            raise LocalProtocolError("a bug in relay's routing")
+        return route(self, peer, kind, body, now)
+
+    monkeypatch.setattr(Session, "from_slave", buggy_from_slave)
+    with trio.fail_after(5):
+        async with session_with_observer() as ctx:
+            bad = await RawSocket.open(ctx["listening"].public_port, ws_target(ctx["sid"], ctx["bad_join"]["slave_token"]))
+            assert (await bad.receive()).kind == "hello"
+            before = _envelope_errors(ctx["server"])
+            with caplog.at_level("ERROR", logger="relay"):
+                await bad.send_raw(encode_client_frame(OP_BINARY, build_envelope("chat", 0, pack("trigger the bug"))))
+                assert await bad.close_code() == 1011
+            assert _envelope_errors(ctx["server"]) == before, "relay's bug is not the peer's bad envelope"
+            [record] = [r for r in caplog.records if r.getMessage() == "internal.error"]
+            assert record.name == "relay.endpoint" and record.exc_info[0] is LocalProtocolError
+            assert record.relay_fields["session"] == ctx["sid"] and record.relay_fields["role"] == "slave"
+            await carries_on(ctx)

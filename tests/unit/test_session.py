@@ -5,16 +5,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from relay._closecodes import CloseCode
 from relay._config import Config
-from relay._session import (
-    CLOSE_REPLACED,
-    CLOSE_SESSION_ENDED,
-    CLOSE_TRY_AGAIN_LATER,
-    Peer,
-    Role,
-    Session,
-    SessionEnded,
-)
+from relay._session import Peer, Role, Session, SessionEnded
 
 KiB = 1024
 
@@ -164,11 +157,11 @@ def test_second_master_replaces_first_and_ending_closes_everyone():
     second = Peer(Role.MASTER, transport="ws", limit=1 << 20)
     _record, slave = add_slave(session)
     session.attach_master(second, 1.0)
-    assert first.close_code == CLOSE_REPLACED
+    assert first.close_code == CloseCode.REPLACED
     assert session.from_master(first, "mutation", pack(1), 1.0).kind == "error"
     drain(slave)
     session.end("ended by the master")
-    assert second.close_code == CLOSE_SESSION_ENDED and slave.close_code == CLOSE_SESSION_ENDED
+    assert second.close_code == CloseCode.SESSION_ENDED and slave.close_code == CloseCode.SESSION_ENDED
     presence = [msgpack.unpackb(b) for k, s, b in drain(slave) if k == "presence"]
     assert presence[-1]["event"] == "ended"
     with pytest.raises(SessionEnded):
@@ -208,7 +201,7 @@ def test_slow_slave_is_resynced_then_closed_and_queue_stays_bounded():
         if slow.closing:
             break
     assert resynced
-    assert slow.close_code == CLOSE_TRY_AGAIN_LATER
+    assert slow.close_code == CloseCode.TRY_AGAIN_LATER
     assert slow.queued_bytes == 0
     # the fast slave lost nothing
     assert session.stats["resyncs"] == 1 and session.stats["slow_closed"] == 1
