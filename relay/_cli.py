@@ -15,7 +15,7 @@ from typing import Optional
 import trio
 
 from relay import __version__
-from relay._accel import implementation
+from relay._accel import implementation, print_shadowed_build_warning
 from relay._config import Config, ConfigError
 from relay._logging import configure_logging, log_event
 from relay._malloc import tune_malloc
@@ -146,6 +146,7 @@ def _print_ring(path: str) -> None:
 
 
 def main(argv: Optional[list] = None) -> int:
+    print_shadowed_build_warning()  # a checkout shadowing a compiled install must never pass silently
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
