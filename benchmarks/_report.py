@@ -125,9 +125,12 @@ def machine_description(packages: Iterable[str] = ()) -> dict:
         usable_cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable_cores = os.cpu_count()
+    relay_location = None
     try:
         import relay._accel as accel
         relay_implementation = accel.implementation()
+        relay_location = os.path.dirname(accel.__file__)
+        accel.print_shadowed_build_warning()  # a checkout shadowing the compiled install: say so loudly
     except Exception as exc:  # a benchmark of a broken tree must still say what it ran
         relay_implementation = f"relay._accel not importable: {exc!r}"
     return {
@@ -137,6 +140,7 @@ def machine_description(packages: Iterable[str] = ()) -> dict:
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "relay_active_implementation": relay_implementation,
+        "relay_imported_from": relay_location,
         "relay_purepython_env": os.environ.get("RELAY_PUREPYTHON", ""),
         "packages": package_versions(["relay", *packages]),
     }

@@ -102,14 +102,19 @@ def _child_setup(core: int):
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return dict(os.environ)
+
+
+# What the relay server processes said they run (their banner), for the report.
+RELAY_IMPLEMENTATIONS: set[str] = set()
 
 
 def start_server(name: str) -> tuple[subprocess.Popen, int]:
     args, _mode = SERVERS[name]
     port = free_port()
     if name == "relay":
-        command = [sys.executable, *args, "--listen", f"127.0.0.1:{port}", "--private-listen", f"127.0.0.1:{free_port()}"]
+        # -I: not the checkout's relay/ (cwd) but relay as installed in this interpreter.
+        command = [sys.executable, "-I", *args, "--listen", f"127.0.0.1:{port}", "--private-listen", f"127.0.0.1:{free_port()}"]
     else:
         command = [sys.executable, *args, "--port", str(port)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -119,6 +124,8 @@ def start_server(name: str) -> tuple[subprocess.Popen, int]:
     if not line or time.monotonic() > deadline:
         process.kill()
         raise RuntimeError(f"{name} did not start: {process.stderr.read()[-2000:]}")
+    if name == "relay":
+        RELAY_IMPLEMENTATIONS.add(line.split(" (", 1)[-1].rsplit("): node ", 1)[0])
     return process, port
 
 
@@ -573,6 +580,8 @@ def main(argv=None) -> int:
     ratios = ratio_table(cases, summary, servers, iperf3_bps)
     verdicts = judge(summary, iperf3)
     machine = machine_description(PEER_PACKAGES)
+    machine["relay_server_implementation"] = "; ".join(sorted(RELAY_IMPLEMENTATIONS)) or None
+    print(f"\nrelay server: {machine['relay_server_implementation']}")
     path = save_json("fanout", {
         "machine": machine,
         "settings": {"mode": mode, "servers": servers, "server_core": SERVER_CORE, "loadgen_core": LOADGEN_CORE,

@@ -264,7 +264,8 @@ def main(argv=None) -> int:
 
     machine = machine_description(PEER_PACKAGES)
     frames_runs = FRAMES_RUNS["quick" if args.quick else "full"]
-    print(f"{machine['cpu_model']}, {machine['usable_cores']} cores, {machine['python']}")
+    print(f"{machine['cpu_model']}, {machine['usable_cores']} cores, {machine['python']}; "
+          f"relay from {machine['relay_imported_from']}: {machine['relay_active_implementation']}")
 
     rows: list[Row] = []
     missing_modules = [m for m in (FRAMES_MODULE, PRIMITIVES_MODULE) if not _module_exists(m)]

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
-# The harnesses run from a checkout (python fuzz/fuzz_x.py): make ``relay`` and ``tests`` importable.
+# The harnesses run from a checkout (python fuzz/fuzz_x.py): the checkout supplies ``tests`` (the seed
+# corpora), appended so that ``relay`` is the package as installed in this interpreter (in .venv, the
+# checkout compiled in place), not an uncompiled checkout shadowing it.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+    sys.path.append(REPO)
 
 import relay._purepath as pure  # noqa: E402
 from relay._errors import ProtocolError  # noqa: E402

@@ -28,8 +28,16 @@ RSS_LIMIT_MB = 1024  # a harness past this is a finding (an input that makes a t
 SLOW_INPUT_S = 10  # libFuzzer -timeout: one input running this long is a finding (a hang)
 
 
+def _import_like_the_harnesses() -> None:
+    """sys.path as a harness has it: fuzz/ first, the checkout last (see fuzz/_common.py)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    if REPO not in sys.path:
+        sys.path.append(REPO)
+
+
 def write_seeds(target: str, seed_dir: str) -> int:
-    sys.path[:0] = [HERE, REPO]
+    _import_like_the_harnesses()
     module = __import__(f"fuzz_{target}")
     os.makedirs(seed_dir, exist_ok=True)
     count = 0
@@ -73,6 +81,12 @@ def main() -> int:
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "relay-fuzz"))
     parser.add_argument("--targets", default=",".join(TARGETS))
     args = parser.parse_args()
+    _import_like_the_harnesses()
+    import relay._accel as accel  # the relay the harnesses fuzz
+
+    accel.print_shadowed_build_warning()
+    fuzzed = f"relay from {os.path.dirname(accel.__file__)}: {accel.implementation()}"
+    print(f"fuzzing {fuzzed}", flush=True)
     results = []
     for target in args.targets.split(","):
         result = run_target(target, args.seconds_per_target, args.work_dir, sys.executable)
@@ -85,6 +99,7 @@ def main() -> int:
             print(tail)
             for crash in result["crashes"]:
                 print(f"  replay: {sys.executable} fuzz/fuzz_{target}.py {crash}")
+    print(f"fuzzed {fuzzed}", flush=True)
     return 0 if all(result["rc"] == 0 for result in results) else 1
 
 

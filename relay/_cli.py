@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import trio
 
 from relay import __version__
-from relay._accel import implementation
+from relay._accel import implementation, print_shadowed_build_warning
 from relay._config import (
     DEFAULT_ECHO_LISTEN,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -190,6 +190,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    print_shadowed_build_warning()  # a checkout shadowing a compiled install must never pass silently
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

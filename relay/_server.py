@@ -22,7 +22,7 @@ import h11
 import msgpack
 import trio
 
-from relay._accel import implementation
+from relay._accel import SHADOWED_BUILD, SHADOWED_BUILD_HINT, implementation
 from relay._closecodes import CloseCode
 from relay._config import (
     DEFAULT_ECHO_LISTEN,
@@ -128,6 +128,9 @@ class Server:
                 log_event(log, logging.INFO, "node.listening", node=config.node_name,
                           public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}",
                           implementation=implementation())
+                if SHADOWED_BUILD is not None:
+                    log_event(log, logging.WARNING, "node.shadowed_build", compiled=SHADOWED_BUILD,
+                              hint=SHADOWED_BUILD_HINT)
                 task_status.started(Listening(public_host, public_port, private_host, private_port))
                 if shutdown is not None:
                     await shutdown.wait()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -61,16 +61,23 @@ def _compiled_twins(package_dir: Path) -> list[Path]:
     return sorted(package_dir.glob("_fastpath*.so")) + sorted(package_dir.glob("_fastpath*.pyd"))
 
 
+def _venv_site_packages() -> list[str]:
+    """The site-packages directories of the running interpreter (the venv pytest runs in)."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+
+
 def _probe_switch(*, cwd: Path, env: dict[str, str], isolated: bool = False) -> dict:
     """Import relay._accel in a fresh interpreter and say what it picked.
 
-    ``isolated``: keep site-packages but skip their .pth hooks, so that an editable install of
-    the checkout cannot supply relay modules missing from the copy on PYTHONPATH.
+    ``isolated``: keep this venv's site-packages (relay's dependencies) but skip their .pth hooks
+    (``python -S``), so that an editable install of the checkout cannot supply relay modules missing
+    from the copy on PYTHONPATH.  The directories are computed here, in the venv: without ``site``
+    the child's ``sys.prefix`` is the base interpreter's, whose site-packages lack the dependencies.
     """
-    # This interpreter's site-packages, by path: under -S a venv's python knows only its base prefix's.
-    site_packages = site.getsitepackages()
     code = (
-        f"import sys\nsys.path += {site_packages!r} if sys.flags.no_site else []\n"
+        "import sys\n"
+        "sys.path += %r if sys.flags.no_site else []\n" % _venv_site_packages() +
         "import json, relay._accel as accel\n"
         "twin = sys.modules[accel.murmur3_token.__module__]\n"
         "print(json.dumps({'file': accel.__file__, 'active': accel.FASTPATH_ACTIVE,\n"

@@ -12,9 +12,10 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def test_first_lines_are_the_two_setup_commands():
     first, second = README.splitlines()[:2]
-    assert first.split("#")[0].strip() == "pip install . && python -m relay serve"
+    assert first.split("#")[0].strip() == "pip install . && relay serve"
     assert second.split("#")[0].strip() == "scripts/test"
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+    assert "python -m relay serve" in README  # SPEC 2: the module entry point stays documented
 
 
 def test_embedding_example_runs():
