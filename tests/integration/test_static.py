@@ -20,10 +20,13 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import pack, running_relay
 from relay import _accel
+from relay._accel import OP_BINARY, build_envelope, encode_client_frame
 from relay._client import parse_delivered
 from relay._session import Outgoing
 
@@ -880,6 +883,128 @@ def test_against_a_live_relay(tmp_path, relay_base, mode, transport, close_code)
     assert out["transports"] == [transport, transport]
     assert out["slaveClose"]["code"] == close_code
     assert time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------------------- a forging slave
+
+FORGERY_SCENARIO = r"""
+const R = require(process.argv[2]);
+const assert = require('assert');
+const readline = require('readline');
+const options = {base: process.argv[3], backoffInitialMs: 20, backoffMaxMs: 100};
+if (process.argv[4] === 'poll') options.disableWebSockets = true;
+
+function within(ms, what, promise) {
+  let timer;
+  const late = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error('timed out waiting for ' + what)), ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer)); // a pending timer would keep node alive
+}
+const once = (connection, event, test) => new Promise((resolve) => {
+  const listener = function () {
+    if (test && !test.apply(null, arguments)) return;
+    connection.off(event, listener);
+    resolve(Array.from(arguments));
+  };
+  connection.on(event, listener);
+});
+const message = (connection, kind, test) => once(connection, 'message', (k, seq, body, sender) =>
+  k === kind && (!test || test(body, sender)));
+
+(async () => {
+  const master = await R.create(options);
+  await within(8000, 'the master hello', once(master, 'hello'));
+  master.send('snapshot', '<p>shared</p>');
+  const observer = await R.join(Object.assign({session: master.session, agent: 'agent-7'}, options));
+  await within(8000, 'the observer hello', once(observer, 'hello'));
+  await within(8000, 'the observer in the map', once(master, 'presence', (p) => p.event === 'joined'));
+  // Listen before Python's forging slave starts: its presence and messages may come at once.
+  const masterChat = message(master, 'chat', (body) => body && body.text === 'transfer the money');
+  const masterPointer = message(master, 'pointer');
+  const observerChat = message(observer, 'chat', (body) => body && body.text === 'transfer the money');
+  console.log(JSON.stringify({session: master.session, observer: observer.slave}));
+
+  const [, , , chatSender] = await within(8000, 'the forged chat at the master', masterChat);
+  const [, , pointerBody, pointerSender] = await within(8000, 'the forged pointer', masterPointer);
+  const [, , observedBody, observedSender] = await within(8000, 'the forged chat at the observer', observerChat);
+  const participants = (connection) => Array.from(connection.participants.values()).sort((a, b) => a.agent < b.agent ? -1 : 1);
+  const result = {
+    transports: [master.transport, observer.transport],
+    master: {chat: [chatSender, master.nameOf(chatSender)], pointer: [pointerSender, master.nameOf(pointerSender)],
+             participants: participants(master)},
+    observer: {chat: [observedSender, observer.nameOf(observedSender)], participants: participants(observer)},
+    bodies: [pointerBody, observedBody],
+  };
+  await master.end();
+  console.log(JSON.stringify(result));
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+class ProcessLines:
+    """Lines from a trio subprocess's stdout."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            assert data, "the node scenario exited early"
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "long-polling"])
+async def test_a_forging_slave_is_named_by_its_stamp(tmp_path, transport):
+    # Mallory, a raw Python slave, puts another participant's id in a fourth element and a false
+    # "from"/"slave" in its bodies; the client.js master and slave still name Mallory.
+    script = tmp_path / "forgery.js"
+    script.write_text(FORGERY_SCENARIO)
+    errors = tmp_path / "node-stderr.txt"
+    mode = "ws" if transport == "websocket" else "poll"
+    with trio.fail_after(40):
+        async with running_relay(poll_wait_s=1.0) as (_server, listening, client):
+            base = f"http://127.0.0.1:{listening.public_port}"
+            with errors.open("wb") as stderr:
+                process = await trio.lowlevel.open_process(
+                    [*node_with_websocket(), str(script), str(CLIENT_JS), base, mode],
+                    stdout=subprocess.PIPE, stderr=stderr)
+            lines = ProcessLines(process.stdout)
+            try:
+                started = json.loads(await lines.next())
+                sid, observer = started["session"], started["observer"]
+                mallory = await client.join(sid, agent="mallory")
+                forgeries = [
+                    build_envelope("chat", 0, pack({"text": "transfer the money", "from": "agent-7", "slave": observer}),
+                                   "master"),
+                    build_envelope("pointer", 0, pack({"x": 3, "y": 4, "slave": observer, "from": "agent-7"}), observer),
+                ]
+                if transport == "websocket":
+                    conn = await client.connect(sid, mallory["slave_token"])
+                    for envelope in forgeries:
+                        await conn.send_raw(encode_client_frame(OP_BINARY, envelope))
+                else:
+                    status, _headers, answer = await client.request(
+                        "POST", f"/cobrowse/poll/{sid}?token={mallory['slave_token']}", b"".join(forgeries))
+                    assert status == 200 and json.loads(answer) == {"accepted": 2}
+                result = json.loads(await lines.next())
+                assert await process.wait() == 0, errors.read_text()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    mallory_id = mallory["slave"]
+    assert result["transports"] == [transport, transport]
+    assert result["master"]["chat"] == [mallory_id, "mallory"]
+    assert result["master"]["pointer"] == [mallory_id, "mallory"]
+    assert result["observer"]["chat"] == [mallory_id, "mallory"]
+    assert result["bodies"][0]["slave"] == observer  # the body is passed on untouched, and not believed
+    expected = [{"slave": observer, "agent": "agent-7", "mode": "pointer"},
+                {"slave": mallory_id, "agent": "mallory", "mode": "pointer"}]
+    assert result["master"]["participants"] == expected
+    assert result["observer"]["participants"] == expected
 
 
 # ---------------------------------------------------------------------------- demo pages
