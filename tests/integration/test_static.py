@@ -2,7 +2,8 @@
 relay's own envelope code, and a live relay node (WebSocket, long-polling, and the fallback).
 
 Node.js is required (no skip): without it the JavaScript would go untested.  The demo pages are
-checked for what can be checked without a browser (served, self-contained, scripts parse).
+checked for what can be checked without a browser (served, self-contained, scripts parse, and
+their scripts run on a stub DOM name every sender from the relay's stamp, never from a body).
 """
 
 from __future__ import annotations
@@ -1031,6 +1032,177 @@ def test_page_scripts_parse(tmp_path, page):
         path.write_text(code)
         result = subprocess.run([node_binary(), "--check", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+
+
+# The demo pages' own scripts, run under node with the real client.js, a fake socket and just
+# enough of a DOM: what they show must come from the stamp, whatever a body claims.
+PAGE_HARNESS = r"""
+const vm = require('vm');
+const fs = require('fs');
+const assert = require('assert');
+const [clientPath, scriptPath, page] = process.argv.slice(2);
+
+class Element {
+  constructor(tag, id) {
+    this.tagName = tag; this.id = id || ''; this.children = []; this.style = {}; this.listeners = {};
+    this.ownText = ''; this.html = ''; this.value = ''; this.className = ''; this.parentElement = null;
+    this.offsetLeft = 0; this.offsetTop = 0; this.clientLeft = 0; this.clientTop = 0; this.scrollHeight = 0;
+  }
+  get textContent() { return this.ownText + this.children.map((child) => child.textContent).join(''); }
+  set textContent(text) { this.ownText = String(text); this.children = []; }
+  get innerHTML() { return this.html; }
+  set innerHTML(html) { this.html = String(html); this.ownText = ''; this.children = []; }
+  appendChild(child) { child.parentElement = this; this.children.push(child); return child; }
+  remove() { if (this.parentElement) this.parentElement.children = this.parentElement.children.filter((c) => c !== this); }
+  addEventListener(event, listener) { (this.listeners[event] || (this.listeners[event] = [])).push(listener); }
+  fire(event, arg) { for (const listener of this.listeners[event] || []) listener(arg); }
+  click() { if (this.onclick) this.onclick(); }
+}
+const elements = {};
+const document = {
+  getElementById: (id) => elements[id] || (elements[id] = new Element('div', id)),
+  createElement: (tag) => new Element(tag),
+};
+const frame = {body: new Element('body'), listeners: {}, addEventListener(e, f) { this.listeners[e] = f; }};
+document.getElementById('view').contentDocument = frame;
+
+const sockets = [];
+class FakeSocket {
+  constructor(url) { this.url = url; this.sent = []; sockets.push(this); setTimeout(() => this.onopen({}), 0); }
+  send(bytes) {
+    const raw = R.msgpack.decode(bytes);
+    assert.strictEqual(raw.length, 3, 'the page sent a fourth element');
+    this.sent.push({kind: raw[0], body: raw[1] === 0 ? raw[2] : 'seq ' + raw[1]});
+  }
+  close() {}
+  deliver(kind, seq, body, sender) {
+    const b = R.msgpack.encode([kind, seq, body, sender]);
+    this.onmessage({data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)});
+  }
+}
+const storage = {};
+const fetch = async (url, init) => {
+  assert.ok(/\/cobrowse\/sessions\/S\/join$/.test(url), url);
+  return {ok: true, status: 200, json: async () => ({session: 'S', slave_token: 't', slave: 's2', node: 'n', mode: 'pointer'})};
+};
+const window = {
+  document, WebSocket: FakeSocket, fetch, TextEncoder, TextDecoder, URL, URLSearchParams, setTimeout, clearTimeout, console,
+  location: {href: 'http://relay.test/cobrowse/' + page + '.html', search: page === 'slave' ? '?session=S' : ''},
+  history: {replaceState() {}},
+  sessionStorage: {getItem: (k) => (k in storage ? storage[k] : null), setItem: (k, v) => { storage[k] = String(v); },
+                   removeItem: (k) => { delete storage[k]; }},
+  MutationObserver: class { observe() {} },
+  requestAnimationFrame: (f) => setTimeout(f, 0),
+};
+window.window = window;
+// The master page reconnects with a saved token (no create call); the slave page joins.
+storage['relay-master'] = JSON.stringify({session: 'S', token: 'm'});
+const context = vm.createContext(window);
+vm.runInContext(fs.readFileSync(clientPath, 'utf8'), context, {filename: 'client.js'});
+const R = context.RelayClient;
+vm.runInContext(fs.readFileSync(scriptPath, 'utf8'), context, {filename: page + '.html'});
+
+const tick = (ms) => new Promise((resolve) => setTimeout(resolve, ms || 0));
+const chatLines = () => document.getElementById('chat-log').children.map((line) => line.textContent);
+const submitChat = (text) => {
+  document.getElementById('chat-text').value = text;
+  document.getElementById('chat-form').onsubmit({preventDefault() {}});
+};
+
+(async () => {
+  for (let i = 0; i < 20 && !sockets.length; i++) await tick(5);
+  await tick(5);
+  const socket = sockets[0];
+  const out = {};
+  if (page === 'master') {
+    socket.deliver('hello', 0, {role: 'master', session: 'S', epoch: 1, seq: 0, catchup: 'none', mode: 'write',
+      slaves: [{slave: 's1', agent: 'agent-7', mode: 'pointer'}]}, '');
+    socket.deliver('chat', 1, {text: 'hi', from: 'customer', slave: 's9'}, 's1');
+    socket.deliver('pointer', 1, {x: 5, y: 6, slave: 's9', from: 'master'}, 's1');
+    socket.deliver('pointer', 2, {x: 7, y: 8, slave: 's1'}, 's9'); // not a participant: no dot
+    socket.deliver('presence', 2, {event: 'joined', slave: 's3', agent: 'master', mode: 'pointer'}, '');
+    socket.deliver('chat', 3, 'plain', 's3');
+    socket.deliver('presence', 4, {event: 'joined', slave: 's1', agent: 'customer', mode: 'write'}, 's3'); // forged
+    socket.deliver('chat', 5, {text: 'again', from: 'customer'}, 's1');
+    submitChat('hello agent');
+    const stage = document.getElementById('stage');
+    out.dots = stage.children.map((dot) => [dot.textContent, dot.style.left, dot.style.top]);
+    out.slaves = document.getElementById('slaves').children.map((item) => item.ownText);
+  } else {
+    socket.deliver('hello', 0, {role: 'slave', session: 'S', epoch: 1, seq: 0, catchup: 'full', mode: 'pointer', slave: 's2'}, '');
+    socket.deliver('presence', 1, {event: 'joined', slave: 's2', agent: 'agent', mode: 'pointer'}, '');
+    socket.deliver('presence', 2, {event: 'joined', slave: 's1', agent: 'agent-7', mode: 'pointer'}, '');
+    socket.deliver('chat', 3, {text: 'hi', from: 'master'}, 's1');
+    socket.deliver('chat', 4, {text: 'welcome', from: 'agent-7'}, 'master');
+    socket.deliver('chat', 5, {text: 'mine', from: 'master'}, 's2');
+    socket.deliver('presence', 6, {event: 'joined', slave: 's1', agent: 'master', mode: 'write'}, 's1'); // forged
+    socket.deliver('chat', 7, {text: 'again', from: 'master'}, 's1');
+    socket.deliver('presence', 8, {event: 'left', slave: 's1', agent: 'agent-7'}, '');
+    // The shared view: a pointer move and a click (write mode) go out without an id of their own.
+    frame.listeners.load === undefined && document.getElementById('view').fire('load');
+    frame.listeners.mousemove({clientX: 11, clientY: 12});
+    submitChat('a question');
+  }
+  await tick(5);
+  out.chat = chatLines();
+  out.sent = socket.sent.filter((item) => item.kind !== 'snapshot' && item.kind !== 'mutation');
+  console.log(JSON.stringify(out));
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+def run_page(tmp_path, page: str) -> dict:
+    html = (STATIC / f"{page}.html").read_text()
+    (code,) = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    script = tmp_path / f"{page}.js"
+    script.write_text(code)
+    harness = tmp_path / "page_harness.js"
+    harness.write_text(PAGE_HARNESS)
+    result = subprocess.run([node_binary(), str(harness), str(CLIENT_JS), str(script), page],
+                            capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_master_page_names_senders_by_their_stamp(tmp_path):
+    out = run_page(tmp_path, "master")
+    assert out["chat"] == [
+        "agent-7: hi",  # not "customer": the body's from is ignored
+        "master (s3): plain",  # an agent id that is a reserved name is told apart
+        "relay: protocol: ignored a presence stamped \"s3\": only the relay writes presence",
+        "agent-7: again",  # a forged presence did not rename s1
+        "me: hello agent",
+    ]
+    assert out["dots"] == [["agent-7", "5px", "6px"]]  # the pointer label is the stamp's agent
+    assert out["slaves"] == ["agent-7 (pointer)", "master (s3) (pointer)"]
+    assert out["sent"] == [{"kind": "chat", "body": {"text": "hello agent"}}]
+
+
+def test_slave_page_names_senders_by_their_stamp(tmp_path):
+    out = run_page(tmp_path, "slave")
+    assert out["chat"] == [
+        "relay: agent joined",
+        "relay: agent-7 joined",
+        "agent-7: hi",
+        "master: welcome",
+        "me: mine",
+        "relay: protocol: ignored a presence stamped \"s1\": only the relay writes presence",
+        "agent-7: again",
+        "relay: agent-7 left",
+    ]
+    assert out["sent"] == [{"kind": "pointer", "body": {"x": 11, "y": 12}},
+                           {"kind": "chat", "body": {"text": "a question"}}]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_do_not_name_senders_from_bodies(page):
+    script = "\n".join(re.findall(r"<script>(.*?)</script>", (STATIC / page).read_text(), flags=re.S))
+    assert not re.search(r"\b(body|event)\.from\b", script)
+    assert not re.search(r"\bbody\.slave\b", script)
+    # What they send carries no identity of its own: the relay's stamp says who.
+    for call in re.findall(r"send\('(?:chat|pointer|control)', \{([^}]*)\}", script):
+        assert not re.search(r"\b(from|slave)\s*:", call), call
+    assert "nameOf(" in script
 
 
 @pytest.mark.parametrize("path, content_type", [
