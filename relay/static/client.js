@@ -391,7 +391,6 @@
   const MAX_DEPARTED_NAMES = 1024; // names of slaves that left, kept for their late messages
 
   // ---------------------------------------------------------------- HTTP API
-  // ---------------------------------------------------------------- HTTP API
 
   class RelayError extends Error {
     constructor(code, message, status) {
