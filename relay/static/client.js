@@ -7,7 +7,15 @@
  *   const master = await RelayClient.create({base: '', chat: false});
  *   master.on('hello', () => master.send('snapshot', document.body.innerHTML));
  *   const slave = await RelayClient.join({base: '', session: master.session, agent: 'agent-7'});
- *   slave.on('message', (kind, seq, body) => { ... });
+ *   slave.on('message', (kind, seq, body, sender) => show(slave.nameOf(sender), body.text));
+ *
+ * Who sent a message is the relay's stamp, never the body: the relay delivers every envelope as
+ * [kind, seq, body, sender] with sender "master", a slave id, or "" (the relay itself), whatever
+ * the sender put in its body or in a fourth element of its own (this client sends [kind, seq,
+ * body] only).  connection.participants maps slave ids to {slave, agent, mode}, kept from hello
+ * and presence; connection.nameOf(sender) turns a stamp into a name to show.  An envelope of 3
+ * elements (a relay from before the stamp) is accepted with sender null, which names nobody
+ * ("unknown"): it is not "" because that would show a participant's words as the relay's.
  */
 (function (root, factory) {
   'use strict';
@@ -346,26 +354,41 @@
     }
   }
 
-  /** The bytes of [kind, seq, body].  Clients always send seq 0: the relay numbers messages. */
+  /** The bytes of [kind, seq, body].  Clients always send seq 0: the relay numbers messages, and
+   *  stamps the sender itself (a fourth element would be ignored, so none is sent). */
   function encodeEnvelope(kind, body, seq) {
     checkKind(kind);
     return encode([kind, seq === undefined ? 0 : seq, body]);
   }
 
   function toEnvelope(value) {
-    if (!Array.isArray(value) || value.length !== 3) throw new DecodeError('an envelope is an array of 3');
+    if (!Array.isArray(value) || (value.length !== 3 && value.length !== 4)) {
+      throw new DecodeError('an envelope is an array of 3 or 4 (kind, seq, body, sender)');
+    }
     const kind = value[0];
     const seq = value[1];
     if (typeof kind !== 'string' || kind.length === 0) throw new DecodeError('envelope kind must be a non-empty str');
     if (!Number.isSafeInteger(seq) || seq < 0) throw new DecodeError('envelope seq must be a non-negative integer');
-    return {kind: kind, seq: seq, body: value[2]};
+    // No stamp (a relay from before it): null, "unknown"; a stamp that is not a str is refused.
+    if (value.length === 4 && typeof value[3] !== 'string') throw new DecodeError('envelope sender must be a str');
+    const sender = value.length === 4 ? value[3] : null;
+    return {kind: kind, seq: seq, body: value[2], sender: sender};
   }
 
-  /** {kind, seq, body} of one envelope (one WebSocket message). */
+  /** {kind, seq, body, sender} of one envelope (one WebSocket message); sender null if unstamped. */
   function decodeEnvelope(data) { return toEnvelope(decode(data)); }
 
-  /** [{kind, seq, body}, ...] of a long-poll body (envelopes back to back). */
+  /** [{kind, seq, body, sender}, ...] of a long-poll body (envelopes back to back). */
   function decodeEnvelopes(data) { return decodeAll(data).map(toEnvelope); }
+
+  // ---------------------------------------------------------------- participants
+
+  const MASTER = 'master'; // the relay's stamp for the master
+  const RELAY = ''; // the relay's stamp for what it writes itself
+  // Names that nameOf gives the master, the relay and an unstamped envelope: an agent id equal to
+  // one of them is shown with its slave id, so that no agent can pass for the master.
+  const RESERVED_NAMES = {master: true, relay: true, unknown: true};
+  const MAX_DEPARTED_NAMES = 1024; // names of slaves that left, kept for their late messages
 
   // ---------------------------------------------------------------- HTTP API
 
@@ -448,7 +471,8 @@
    * (resuming with after=<last seq>&epoch=<epoch>) until close() or a final refusal.
    *
    * Events (on/off): 'hello' (body), 'resync' (body), 'presence' (body), 'message' (kind, seq,
-   * body) for every other kind, 'error' (RelayError: relay error envelopes and client failures),
+   * body, sender) for every other kind (sender: the relay's stamp, see nameOf; null if the relay
+   * did not stamp it), 'error' (RelayError: relay error envelopes and client failures),
    * 'mode' (mode: this slave's mode changed), 'state' (state, transport), 'open' (transport),
    * 'disconnect' ({code, reason, retryInMs}), 'close' ({code, reason}: final, no reconnect).
    */
@@ -459,7 +483,12 @@
       this.token = params.token;
       this.role = params.role || null;
       this.slave = params.slave || null;
+      this.agent = typeof params.agent === 'string' ? params.agent : null; // a slave's own agent id
       this.mode = params.mode || null;
+      // slave id -> {slave, agent, mode} of the slaves connected now, as hello and presence tell:
+      // complete for the master (its hello lists them); a slave learns the others from presence.
+      this.participants = new Map();
+      this._departed = new Map(); // slave id -> agent id of slaves that left (bounded)
       this.node = params.node || null;
       this.state = 'connecting'; // connecting | open | reconnecting | closed
       this.transport = null; // 'websocket' | 'long-polling' while open
@@ -510,6 +539,22 @@
       this._pendingBytes += bytes.length;
       this._flushPolling();
       return true;
+    }
+
+    /**
+     * The name to show for a sender stamp: 'master', 'relay' (""), the slave's agent id (its slave
+     * id when it has none or is not known yet; with the slave id in brackets when the agent id is
+     * one of the reserved names), 'unknown' for an unstamped envelope (null).  Compare stamps, not
+     * names, to tell participants apart: only the stamp is unique.
+     */
+    nameOf(sender) {
+      if (sender === MASTER) return 'master';
+      if (sender === RELAY) return 'relay';
+      if (typeof sender !== 'string') return 'unknown';
+      const known = this.participants.get(sender);
+      const agent = known ? known.agent : this._departed.get(sender);
+      if (typeof agent !== 'string' || agent === '') return sender;
+      return RESERVED_NAMES[agent] ? agent + ' (' + sender + ')' : agent;
     }
 
     /** Master: grant ('write') or revoke ('pointer') write mode for a slave. */
@@ -787,11 +832,57 @@
       const generation = this._generation;
       for (const envelope of envelopes) {
         if (generation !== this._generation) return; // a gap or a listener closed the connection
-        this._dispatch(envelope.kind, envelope.seq, envelope.body);
+        this._dispatch(envelope.kind, envelope.seq, envelope.body, envelope.sender);
       }
     }
 
-    _dispatch(kind, seq, body) {
+    _notRelay(kind, sender) {
+      // The relay refuses these kinds from clients; were one ever forwarded, believing it would let
+      // a participant rename others (presence) or steer this client (hello, resync).
+      if (sender === RELAY || sender === null) return false;
+      this._emit('error', new RelayError('protocol', 'ignored a ' + kind + ' stamped ' + JSON.stringify(sender) +
+        ': only the relay writes ' + kind));
+      return true;
+    }
+
+    _helloParticipants(hello) {
+      if (this.role === 'master') {
+        // The master's hello lists who is connected now (maybe on a new node): it replaces the map.
+        this.participants.forEach((item, id) => this._depart(id, item.agent));
+        this.participants.clear();
+        for (const item of Array.isArray(hello.slaves) ? hello.slaves : []) this._arrive(item);
+      } else if (this.slave) {
+        // A slave's hello names only itself; the others come with presence.
+        const me = this.participants.get(this.slave);
+        this._arrive({slave: this.slave, agent: this.agent !== null ? this.agent : me && me.agent, mode: this.mode});
+      }
+    }
+
+    _arrive(item) {
+      if (!item || typeof item.slave !== 'string') return;
+      this._departed.delete(item.slave);
+      this.participants.set(item.slave, {slave: item.slave, agent: typeof item.agent === 'string' ? item.agent : null,
+        mode: typeof item.mode === 'string' ? item.mode : null});
+    }
+
+    _depart(id, agent) {
+      this.participants.delete(id);
+      this._departed.delete(id);
+      this._departed.set(id, agent);
+      // A Map iterates in insertion order: the first key is the oldest departure.
+      if (this._departed.size > MAX_DEPARTED_NAMES) this._departed.delete(this._departed.keys().next().value);
+    }
+
+    _notePresence(event) {
+      if (!event || typeof event.slave !== 'string') return;
+      if (event.event === 'joined' || event.event === 'mode') this._arrive(event);
+      else if (event.event === 'left') this._depart(event.slave, typeof event.agent === 'string' ? event.agent : null);
+    }
+
+    _dispatch(kind, seq, body, sender) {
+      // hello, resync, presence and seq-0 errors are the relay's own: from anyone else, refused.
+      const relayKind = kind === 'hello' || kind === 'resync' || (kind === 'error' && seq === 0);
+      if (relayKind && this._notRelay(kind, sender)) return;
       if (kind === 'hello') {
         this.role = body.role;
         this.epoch = body.epoch;
@@ -799,6 +890,7 @@
         if (body.slave) this.slave = body.slave;
         // Only a resume continues our numbering; otherwise a fresh catch-up follows.
         if (body.catchup !== 'resume') this.lastSeq = null;
+        this._helloParticipants(body);
         this._emit('hello', body);
         return;
       }
@@ -830,6 +922,8 @@
         }
       }
       if (kind === 'presence') {
+        if (this._notRelay(kind, sender)) return; // after the seq bookkeeping: it was in the stream
+        this._notePresence(body);
         if (body && body.event === 'mode' && body.slave === this.slave && this.slave !== null) {
           this.mode = body.mode;
           this._emit('mode', body.mode);
@@ -837,7 +931,7 @@
         this._emit('presence', body);
         return;
       }
-      this._emit('message', kind, seq, body);
+      this._emit('message', kind, seq, body, sender);
     }
   }
 
@@ -862,14 +956,14 @@
     if (options.joinToken) request.join_token = String(options.joinToken);
     const joined = await postJson(options, '/sessions/' + encodeURIComponent(options.session) + '/join', request);
     const connection = new Connection({session: joined.session, token: joined.slave_token, role: 'slave',
-      slave: joined.slave, mode: joined.mode, node: joined.node}, options);
+      slave: joined.slave, agent: request.agent, mode: joined.mode, node: joined.node}, options);
     connection.joined = joined;
     return connection;
   }
 
-  /** Reconnect with a token you already have (e.g. after a page reload). */
+  /** Reconnect with a token you already have (e.g. after a page reload; agent: a slave's agent id). */
   function connect(options) {
-    return new Connection({session: options.session, token: options.token}, options);
+    return new Connection({session: options.session, token: options.token, agent: options.agent}, options);
   }
 
   return {

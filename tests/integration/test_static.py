@@ -2,7 +2,8 @@
 relay's own envelope code, and a live relay node (WebSocket, long-polling, and the fallback).
 
 Node.js is required (no skip): without it the JavaScript would go untested.  The demo pages are
-checked for what can be checked without a browser (served, self-contained, scripts parse).
+checked for what can be checked without a browser (served, self-contained, scripts parse, and
+their scripts run on a stub DOM name every sender from the relay's stamp, never from a body).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import pack, running_relay
 from relay import _accel
+from relay._accel import OP_BINARY, build_envelope, encode_client_frame
+from relay._client import parse_delivered
 from relay._session import Outgoing
 
 pytestmark = pytest.mark.node
@@ -106,7 +111,11 @@ function run(request) {
     }
     case 'envelope': return hex(R.encodeEnvelope(request.kind, fromTagged(request.body)));
     case 'envelopes':
-      return R.decodeEnvelopes(unhex(request.hex)).map((e) => ({kind: e.kind, seq: e.seq, body: toTagged(e.body)}));
+      return R.decodeEnvelopes(unhex(request.hex)).map((e) => ({kind: e.kind, seq: e.seq, body: toTagged(e.body), sender: e.sender}));
+    case 'envelopeOne': {
+      const e = R.decodeEnvelope(unhex(request.hex));
+      return {kind: e.kind, seq: e.seq, body: toTagged(e.body), sender: e.sender};
+    }
     case 'eval': return toTagged(new Function('R', 'unhex', 'hex', request.code)(R, unhex, hex));
     default: throw new Error('unknown op ' + request.op);
   }
@@ -423,20 +432,57 @@ def test_envelopes_match_the_relays(codec, kind, body):
     encoded = bytes.fromhex(codec.ok(op="envelope", kind=kind, body=tagged(body)))
     body_bytes = bytes.fromhex(codec.ok(op="encode", value=tagged(body)))
     assert encoded == _accel.build_envelope(kind, 0, body_bytes)
-    peeked_kind, seq, offset = _accel.peek_envelope(encoded)
-    assert (peeked_kind, seq) == (kind, 0)
+    peeked_kind, seq, offset, body_end = _accel.peek_envelope(encoded)
+    assert (peeked_kind, seq, body_end) == (kind, 0, len(encoded))  # three elements: no stamp of its own
     assert canonical(unpackb(encoded[offset:])) == canonical(body)
 
 
+# What the relay stamps: "master", "" (itself), a slave id (16 hex digits), and any str it might be.
+SENDERS = st.sampled_from(["master", "", "0123456789abcdef"]) | st.text(max_size=40)
+SEQS = st.integers(min_value=0, max_value=2**53 - 1)
+
+
 @EXAMPLES
-@given(st.lists(st.tuples(KINDS, st.integers(min_value=0, max_value=2**53 - 1), VALUES), min_size=1, max_size=5))
+@given(st.lists(st.tuples(KINDS, SEQS, VALUES, SENDERS), min_size=1, max_size=5))
 def test_long_poll_bodies_from_the_relay(codec, messages):
-    # Exactly what the relay sends: Outgoing envelopes back to back (a long-poll response body).
-    body = b"".join(b"".join(bytes(part) for part in Outgoing(kind, seq, packb(value)).envelope())
-                    for kind, seq, value in messages)
+    # Exactly what the relay sends: stamped Outgoing envelopes back to back (a long-poll body).
+    body = b"".join(b"".join(bytes(part) for part in Outgoing(kind, seq, packb(value), _accel.sender_tail(sender)).envelope())
+                    for kind, seq, value, sender in messages)
     decoded = codec.ok(op="envelopes", hex=body.hex())
-    assert [(item["kind"], item["seq"], canonical(untagged(item["body"]))) for item in decoded] == \
-        [(kind, seq, canonical(value)) for kind, seq, value in messages]
+    assert [(item["kind"], item["seq"], canonical(untagged(item["body"])), item["sender"]) for item in decoded] == \
+        [(kind, seq, canonical(value), sender) for kind, seq, value, sender in messages]
+
+
+@EXAMPLES
+@given(KINDS, SEQS, VALUES, SENDERS)
+def test_stamped_envelopes_both_ways(codec, kind, seq, body, sender):
+    # relay -> client.js: one WebSocket message as the relay builds it.
+    stamped = _accel.build_envelope(kind, seq, packb(body), sender)
+    item = codec.ok(op="envelopeOne", hex=stamped.hex())
+    assert (item["kind"], item["seq"], canonical(untagged(item["body"])), item["sender"]) == \
+        (kind, seq, canonical(body), sender)
+    # client.js's msgpack writes the same four elements byte for byte, and the Python client reads them.
+    value = {"a": [tagged(kind), tagged(seq), tagged(body), tagged(sender)]}
+    encoded = bytes.fromhex(codec.ok(op="encode", value=value))
+    if byte_exact(body):
+        assert encoded == stamped
+    envelope = parse_delivered(encoded)
+    assert (envelope.kind, envelope.seq, envelope.sender) == (kind, seq, sender)
+    assert canonical(unpackb(bytes(envelope.body))) == canonical(body)
+
+
+def test_unstamped_envelopes_are_accepted_with_a_null_sender(codec):
+    # A relay from before the stamp sends [kind, seq, body]: no sender, which names nobody.
+    item = codec.ok(op="envelopeOne", hex=_accel.build_envelope("chat", 7, packb({"text": "hi"})).hex())
+    assert (item["kind"], item["seq"], untagged(item["body"]), item["sender"]) == ("chat", 7, {"text": "hi"}, None)
+    both = _accel.build_envelope("chat", 1, packb("a")) + _accel.build_envelope("chat", 2, packb("b"), "master")
+    assert [item["sender"] for item in codec.ok(op="envelopes", hex=both.hex())] == [None, "master"]
+
+
+def test_client_never_sends_a_fourth_element(codec):
+    encoded = bytes.fromhex(codec.ok(op="envelope", kind="chat", body=tagged({"text": "hi"})))
+    assert unpackb(encoded) == ["chat", 0, {"text": "hi"}]
+    assert encoded == _accel.build_envelope("chat", 0, packb({"text": "hi"}))
 
 
 @pytest.mark.parametrize("kind", ["", "k" * 33, "\u00e9" * 17])
@@ -445,8 +491,12 @@ def test_envelope_kind_limits(codec, kind):
 
 
 @pytest.mark.parametrize("value, message", [
-    ({"a": []}, "an envelope is an array of 3"),
-    ({"a": [{"s": "k"}, {"i": "0"}]}, "an envelope is an array of 3"),
+    ({"a": []}, "an envelope is an array of 3 or 4"),
+    ({"a": [{"s": "k"}, {"i": "0"}]}, "an envelope is an array of 3 or 4"),
+    ({"a": [{"s": "k"}, {"i": "0"}, None, {"s": "master"}, None]}, "an envelope is an array of 3 or 4"),
+    ({"a": [{"s": "k"}, {"i": "0"}, None, None]}, "sender must be a str"),
+    ({"a": [{"s": "k"}, {"i": "0"}, None, {"i": "1"}]}, "sender must be a str"),
+    ({"a": [{"s": "k"}, {"i": "0"}, None, {"b": "6d6173746572"}]}, "sender must be a str"),
     ({"a": [{"i": "1"}, {"i": "0"}, None]}, "kind must be a non-empty str"),
     ({"a": [{"s": ""}, {"i": "0"}, None]}, "kind must be a non-empty str"),
     ({"a": [{"s": "k"}, {"i": "-1"}, None]}, "seq must be a non-negative integer"),
@@ -500,10 +550,18 @@ const assert = require('assert');
 const sockets = [];
 class FakeSocket {
   constructor(url) { this.url = url; this.sent = []; sockets.push(this); }
-  send(bytes) { this.sent.push(R.decodeEnvelope(bytes)); }
+  send(bytes) {
+    const raw = R.msgpack.decode(bytes);
+    assert.strictEqual(raw.length, 3, 'a client sends [kind, seq, body]: the relay stamps the sender');
+    this.sent.push({kind: raw[0], seq: raw[1], body: raw[2]});
+  }
   close() { this.closed = true; }
   open() { this.onopen({}); }
-  deliver(kind, seq, body) { const b = R.msgpack.encode([kind, seq, body]); this.onmessage({data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)}); }
+  // Without a sender: the 3-element envelope of a relay from before the stamp.
+  deliver(kind, seq, body, sender) {
+    const b = R.msgpack.encode(sender === undefined ? [kind, seq, body] : [kind, seq, body, sender]);
+    this.onmessage({data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)});
+  }
   drop(code) { this.onclose({code: code, reason: 'test'}); }
 }
 const tick = (ms) => new Promise((resolve) => setTimeout(resolve, ms || 0));
@@ -512,12 +570,12 @@ const noFetch = () => Promise.reject(new Error('no network in this test'));
 (async () => {
   const options = {base: 'http://relay.test:8700', WebSocket: FakeSocket, fetch: noFetch,
                    backoffInitialMs: 1, backoffMaxMs: 2};
-  const slave = R.connect(Object.assign({session: 'S/1', token: 't&k'}, options));
+  const slave = R.connect(Object.assign({session: 'S/1', token: 't&k', agent: 'agent-x'}, options));
   const seen = [];
   for (const event of ['hello', 'resync', 'presence', 'error', 'mode', 'disconnect', 'close']) {
     slave.on(event, (arg) => seen.push([event, arg && (arg.code || arg.catchup || arg.event || arg.reason || arg)]));
   }
-  slave.on('message', (kind, seq, body) => seen.push(['message', kind, seq, body]));
+  slave.on('message', (kind, seq, body, sender) => seen.push(['message', kind, seq, body, sender]));
   assert.strictEqual(slave.send('chat', 'early'), true); // queued until open
   await tick();
   assert.strictEqual(sockets.length, 1);
@@ -527,12 +585,15 @@ const noFetch = () => Promise.reject(new Error('no network in this test'));
   assert.strictEqual(slave.transport, 'websocket');
   sockets[0].deliver('hello', 0, {role: 'slave', session: 'S/1', epoch: 3, seq: 2, catchup: 'full', chat: false,
                                  slave: 'ab', mode: 'pointer'});
+  assert.deepStrictEqual(Array.from(slave.participants.values()), [{slave: 'ab', agent: 'agent-x', mode: 'pointer'}]);
+  assert.strictEqual(slave.nameOf('ab'), 'agent-x');
   sockets[0].deliver('snapshot', 1, '<p>1</p>');
   sockets[0].deliver('mutation', 2, '<p>2</p>');
   sockets[0].deliver('mutation', 2, '<p>2 again</p>'); // a duplicate is dropped
   sockets[0].deliver('presence', 3, {event: 'mode', slave: 'ab', mode: 'write'});
   sockets[0].deliver('error', 0, {code: 'write-mode-required', message: 'no'});
   assert.strictEqual(slave.mode, 'write');
+  assert.strictEqual(slave.participants.get('ab').mode, 'write');
   assert.strictEqual(slave.lastSeq, 3);
   sockets[0].deliver('mutation', 5, '<p>5</p>'); // 4 is missing: the client must resume from 3
   assert.strictEqual(sockets[0].closed, true);
@@ -572,6 +633,42 @@ const noFetch = () => Promise.reject(new Error('no network in this test'));
   assert.strictEqual(master.lastInboxSeq, 2);
   master.setMode('ab', 'write');
   assert.deepStrictEqual(sockets[3].sent.pop(), {kind: 'mode', seq: 0, body: {slave: 'ab', mode: 'write'}});
+  assert.strictEqual(master.nameOf('ab'), 'ab'); // not announced: its id, never a body's claim
+
+  // Stamped: the sender is the fourth argument, and the participant map names it.
+  const stamped = [];
+  master.on('message', (kind, seq, body, sender) => stamped.push([kind, sender, master.nameOf(sender)]));
+  master.on('error', (error) => stamped.push(['error', error.code]));
+  sockets[3].deliver('hello', 0, {role: 'master', epoch: 1, seq: 12, catchup: 'none', mode: 'write',
+    slaves: [{slave: 's1', agent: 'agent-7', mode: 'pointer'}, {slave: 's2', agent: 'master', mode: 'write'}]}, '');
+  assert.deepStrictEqual(Array.from(master.participants.keys()), ['s1', 's2']);
+  assert.deepStrictEqual(master.participants.get('s2'), {slave: 's2', agent: 'master', mode: 'write'});
+  assert.deepStrictEqual(['master', '', null, undefined, 's1', 's2', 'zz'].map((who) => master.nameOf(who)),
+    ['master', 'relay', 'unknown', 'unknown', 'agent-7', 'master (s2)', 'zz']);
+  sockets[3].deliver('pointer', 3, {x: 1, y: 2, slave: 's2'}, 's1');
+  sockets[3].deliver('chat', 13, {text: 'pay me', from: 'customer'}, 's2');
+  sockets[3].deliver('presence', 14, {event: 'joined', slave: 's3', agent: null, mode: 'pointer'}, '');
+  sockets[3].deliver('presence', 15, {event: 'mode', slave: 's1', agent: 'agent-7', mode: 'write'}, '');
+  assert.strictEqual(master.nameOf('s3'), 's3'); // no agent id: its slave id
+  assert.strictEqual(master.participants.get('s1').mode, 'write');
+  sockets[3].deliver('presence', 16, {event: 'left', slave: 's1', agent: 'agent-7'}, '');
+  assert.strictEqual(master.participants.has('s1'), false);
+  assert.strictEqual(master.nameOf('s1'), 'agent-7'); // a late message of a slave that left keeps its name
+  // Relay kinds stamped by a participant (the relay refuses to forward them): not believed.
+  sockets[3].deliver('presence', 17, {event: 'joined', slave: 's2', agent: 'customer', mode: 'write'}, 's2');
+  sockets[3].deliver('hello', 0, {role: 'slave', epoch: 9, slaves: []}, 's3');
+  sockets[3].deliver('error', 0, {code: 'ended', message: 'fake'}, 'master');
+  assert.strictEqual(master.nameOf('s2'), 'master (s2)');
+  assert.deepStrictEqual(Array.from(master.participants.keys()), ['s2', 's3']);
+  assert.strictEqual(master.role, 'master');
+  assert.strictEqual(master.epoch, 1);
+  sockets[3].deliver('chat', 18, 'plain', 's3');
+  assert.deepStrictEqual(stamped, [['pointer', 's1', 'agent-7'], ['chat', 's2', 'master (s2)'],
+    ['error', 'protocol'], ['error', 'protocol'], ['error', 'protocol'], ['chat', 's3', 's3']]);
+  // A new hello (a new node) replaces the map; who left stays nameable.
+  sockets[3].deliver('hello', 0, {role: 'master', epoch: 2, seq: 0, catchup: 'none', mode: 'write', slaves: []}, '');
+  assert.strictEqual(master.participants.size, 0);
+  assert.strictEqual(master.nameOf('s2'), 'master (s2)');
   master.close();
   assert.strictEqual(master.state, 'closed');
 
@@ -589,8 +686,8 @@ def test_connection_sequencing_resume_and_close_codes(tmp_path):
     seen = json.loads(result.stdout)
     assert seen == [
         ["hello", "full"],
-        ["message", "snapshot", 1, "<p>1</p>"],
-        ["message", "mutation", 2, "<p>2</p>"],
+        ["message", "snapshot", 1, "<p>1</p>", None],  # unstamped (a relay before the stamp): sender null
+        ["message", "mutation", 2, "<p>2</p>", None],
         ["mode", "write"],
         ["presence", "mode"],
         ["error", "write-mode-required"],
@@ -598,8 +695,8 @@ def test_connection_sequencing_resume_and_close_codes(tmp_path):
         ["disconnect", 1006],  # resuming after the gap
         ["hello", "resync"],
         ["resync", {"epoch": 4, "seq": 9}],
-        ["message", "snapshot", 8, "<p>8</p>"],
-        ["message", "mutation", 9, "<p>9</p>"],
+        ["message", "snapshot", 8, "<p>8</p>", None],
+        ["message", "mutation", 9, "<p>9</p>", None],
         ["disconnect", 1012],
         ["close", 4001],
     ]
@@ -644,7 +741,8 @@ function recorder(connection, name) {
   for (const event of ['hello', 'resync', 'presence', 'error', 'mode', 'close', 'open']) {
     connection.on(event, (arg) => push({event: event, arg: arg}));
   }
-  connection.on('message', (kind, seq, body) => push({event: 'message', kind: kind, seq: seq, body: body}));
+  connection.on('message', (kind, seq, body, sender) => push({event: 'message', kind: kind, seq: seq, body: body,
+    sender: sender}));
   let consumed = 0;
   return {
     log: log,
@@ -690,15 +788,20 @@ const isEvent = (event, test) => (item) => item.event === event && (!test || tes
   assert.strictEqual(slaveHello.slave, slave.slave);
   const snapshot = await s.next(isMessage('snapshot'), 'the snapshot');
   assert.strictEqual(snapshot.body, '<p>v1</p>');
+  assert.strictEqual(snapshot.sender, 'master');
   const mutation = await s.next(isMessage('mutation'), 'the mutation');
   assert.strictEqual(mutation.body, '<p>v2</p>');
   assert.ok(mutation.seq > snapshot.seq); // the join's presence may come between (a POST is slower)
   const joined = (await m.next(isEvent('presence', (p) => p.event === 'joined'), 'joined')).arg;
   assert.deepStrictEqual([joined.slave, joined.agent, joined.mode], [slave.slave, 'agent-7', 'pointer']);
+  assert.deepStrictEqual(master.participants.get(slave.slave), {slave: slave.slave, agent: 'agent-7', mode: 'pointer'});
+  assert.strictEqual(slave.participants.get(slave.slave).agent, 'agent-7');
 
-  slave.send('pointer', {slave: slave.slave, x: 10, y: 20});
+  slave.send('pointer', {x: 10, y: 20});
   const pointer = await m.next(isMessage('pointer'), 'the pointer');
-  assert.deepStrictEqual(pointer.body, {slave: slave.slave, x: 10, y: 20});
+  assert.deepStrictEqual(pointer.body, {x: 10, y: 20});
+  assert.strictEqual(pointer.sender, slave.slave);
+  assert.strictEqual(master.nameOf(pointer.sender), 'agent-7');
   assert.strictEqual(master.lastInboxSeq, pointer.seq);
 
   slave.send('control', {action: 'click', path: [0]});
@@ -706,14 +809,20 @@ const isEvent = (event, test) => (item) => item.event === event && (!test || tes
   master.setMode(slave.slave, 'write');
   assert.strictEqual((await s.next(isEvent('mode'), 'write mode')).arg, 'write');
   assert.strictEqual(slave.mode, 'write');
+  await m.next(isEvent('presence', (p) => p.event === 'mode'), 'the mode change');
+  assert.strictEqual(master.participants.get(slave.slave).mode, 'write');
   slave.send('control', {action: 'click', path: [1, 0]});
-  assert.deepStrictEqual((await m.next(isMessage('control'), 'the click')).body, {action: 'click', path: [1, 0]});
+  const click = await m.next(isMessage('control'), 'the click');
+  assert.deepStrictEqual([click.body, click.sender], [{action: 'click', path: [1, 0]}, slave.slave]);
 
-  slave.send('chat', {from: 'agent-7', text: 'hello customer'});
-  assert.strictEqual((await m.next(isMessage('chat'), 'chat from the slave')).body.text, 'hello customer');
-  await s.next(isMessage('chat', {from: 'agent-7', text: 'hello customer'}), 'its own chat echoed');
-  master.send('chat', {from: 'customer', text: 'hi agent'});
-  await s.next(isMessage('chat', {from: 'customer', text: 'hi agent'}), 'chat from the master');
+  slave.send('chat', {text: 'hello customer'});
+  const chat = await m.next(isMessage('chat'), 'chat from the slave');
+  assert.deepStrictEqual([chat.body, chat.sender, master.nameOf(chat.sender)], [{text: 'hello customer'}, slave.slave, 'agent-7']);
+  const echo = await s.next(isMessage('chat', {text: 'hello customer'}), 'its own chat echoed');
+  assert.strictEqual(echo.sender, slave.slave);
+  master.send('chat', {text: 'hi agent'});
+  const fromMaster = await s.next(isMessage('chat', {text: 'hi agent'}), 'chat from the master');
+  assert.deepStrictEqual([fromMaster.sender, slave.nameOf(fromMaster.sender)], ['master', 'master']);
 
   // Lose the slave's transport while the master goes on: it resumes and misses nothing.
   const before = slave.lastSeq;
@@ -777,6 +886,128 @@ def test_against_a_live_relay(tmp_path, relay_base, mode, transport, close_code)
     assert time.monotonic() - started < 30
 
 
+# ---------------------------------------------------------------------------- a forging slave
+
+FORGERY_SCENARIO = r"""
+const R = require(process.argv[2]);
+const assert = require('assert');
+const readline = require('readline');
+const options = {base: process.argv[3], backoffInitialMs: 20, backoffMaxMs: 100};
+if (process.argv[4] === 'poll') options.disableWebSockets = true;
+
+function within(ms, what, promise) {
+  let timer;
+  const late = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error('timed out waiting for ' + what)), ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer)); // a pending timer would keep node alive
+}
+const once = (connection, event, test) => new Promise((resolve) => {
+  const listener = function () {
+    if (test && !test.apply(null, arguments)) return;
+    connection.off(event, listener);
+    resolve(Array.from(arguments));
+  };
+  connection.on(event, listener);
+});
+const message = (connection, kind, test) => once(connection, 'message', (k, seq, body, sender) =>
+  k === kind && (!test || test(body, sender)));
+
+(async () => {
+  const master = await R.create(options);
+  await within(8000, 'the master hello', once(master, 'hello'));
+  master.send('snapshot', '<p>shared</p>');
+  const observer = await R.join(Object.assign({session: master.session, agent: 'agent-7'}, options));
+  await within(8000, 'the observer hello', once(observer, 'hello'));
+  await within(8000, 'the observer in the map', once(master, 'presence', (p) => p.event === 'joined'));
+  // Listen before Python's forging slave starts: its presence and messages may come at once.
+  const masterChat = message(master, 'chat', (body) => body && body.text === 'transfer the money');
+  const masterPointer = message(master, 'pointer');
+  const observerChat = message(observer, 'chat', (body) => body && body.text === 'transfer the money');
+  console.log(JSON.stringify({session: master.session, observer: observer.slave}));
+
+  const [, , , chatSender] = await within(8000, 'the forged chat at the master', masterChat);
+  const [, , pointerBody, pointerSender] = await within(8000, 'the forged pointer', masterPointer);
+  const [, , observedBody, observedSender] = await within(8000, 'the forged chat at the observer', observerChat);
+  const participants = (connection) => Array.from(connection.participants.values()).sort((a, b) => a.agent < b.agent ? -1 : 1);
+  const result = {
+    transports: [master.transport, observer.transport],
+    master: {chat: [chatSender, master.nameOf(chatSender)], pointer: [pointerSender, master.nameOf(pointerSender)],
+             participants: participants(master)},
+    observer: {chat: [observedSender, observer.nameOf(observedSender)], participants: participants(observer)},
+    bodies: [pointerBody, observedBody],
+  };
+  await master.end();
+  console.log(JSON.stringify(result));
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+class ProcessLines:
+    """Lines from a trio subprocess's stdout."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            assert data, "the node scenario exited early"
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "long-polling"])
+async def test_a_forging_slave_is_named_by_its_stamp(tmp_path, transport):
+    # Mallory, a raw Python slave, puts another participant's id in a fourth element and a false
+    # "from"/"slave" in its bodies; the client.js master and slave still name Mallory.
+    script = tmp_path / "forgery.js"
+    script.write_text(FORGERY_SCENARIO)
+    errors = tmp_path / "node-stderr.txt"
+    mode = "ws" if transport == "websocket" else "poll"
+    with trio.fail_after(40):
+        async with running_relay(poll_wait_s=1.0) as (_server, listening, client):
+            base = f"http://127.0.0.1:{listening.public_port}"
+            with errors.open("wb") as stderr:
+                process = await trio.lowlevel.open_process(
+                    [*node_with_websocket(), str(script), str(CLIENT_JS), base, mode],
+                    stdout=subprocess.PIPE, stderr=stderr)
+            lines = ProcessLines(process.stdout)
+            try:
+                started = json.loads(await lines.next())
+                sid, observer = started["session"], started["observer"]
+                mallory = await client.join(sid, agent="mallory")
+                forgeries = [
+                    build_envelope("chat", 0, pack({"text": "transfer the money", "from": "agent-7", "slave": observer}),
+                                   "master"),
+                    build_envelope("pointer", 0, pack({"x": 3, "y": 4, "slave": observer, "from": "agent-7"}), observer),
+                ]
+                if transport == "websocket":
+                    conn = await client.connect(sid, mallory["slave_token"])
+                    for envelope in forgeries:
+                        await conn.send_raw(encode_client_frame(OP_BINARY, envelope))
+                else:
+                    status, _headers, answer = await client.request(
+                        "POST", f"/cobrowse/poll/{sid}?token={mallory['slave_token']}", b"".join(forgeries))
+                    assert status == 200 and json.loads(answer) == {"accepted": 2}
+                result = json.loads(await lines.next())
+                assert await process.wait() == 0, errors.read_text()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    mallory_id = mallory["slave"]
+    assert result["transports"] == [transport, transport]
+    assert result["master"]["chat"] == [mallory_id, "mallory"]
+    assert result["master"]["pointer"] == [mallory_id, "mallory"]
+    assert result["observer"]["chat"] == [mallory_id, "mallory"]
+    assert result["bodies"][0]["slave"] == observer  # the body is passed on untouched, and not believed
+    expected = [{"slave": observer, "agent": "agent-7", "mode": "pointer"},
+                {"slave": mallory_id, "agent": "mallory", "mode": "pointer"}]
+    assert result["master"]["participants"] == expected
+    assert result["observer"]["participants"] == expected
+
+
 # ---------------------------------------------------------------------------- demo pages
 
 PAGES = ["master.html", "slave.html"]
@@ -801,6 +1032,177 @@ def test_page_scripts_parse(tmp_path, page):
         path.write_text(code)
         result = subprocess.run([node_binary(), "--check", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+
+
+# The demo pages' own scripts, run under node with the real client.js, a fake socket and just
+# enough of a DOM: what they show must come from the stamp, whatever a body claims.
+PAGE_HARNESS = r"""
+const vm = require('vm');
+const fs = require('fs');
+const assert = require('assert');
+const [clientPath, scriptPath, page] = process.argv.slice(2);
+
+class Element {
+  constructor(tag, id) {
+    this.tagName = tag; this.id = id || ''; this.children = []; this.style = {}; this.listeners = {};
+    this.ownText = ''; this.html = ''; this.value = ''; this.className = ''; this.parentElement = null;
+    this.offsetLeft = 0; this.offsetTop = 0; this.clientLeft = 0; this.clientTop = 0; this.scrollHeight = 0;
+  }
+  get textContent() { return this.ownText + this.children.map((child) => child.textContent).join(''); }
+  set textContent(text) { this.ownText = String(text); this.children = []; }
+  get innerHTML() { return this.html; }
+  set innerHTML(html) { this.html = String(html); this.ownText = ''; this.children = []; }
+  appendChild(child) { child.parentElement = this; this.children.push(child); return child; }
+  remove() { if (this.parentElement) this.parentElement.children = this.parentElement.children.filter((c) => c !== this); }
+  addEventListener(event, listener) { (this.listeners[event] || (this.listeners[event] = [])).push(listener); }
+  fire(event, arg) { for (const listener of this.listeners[event] || []) listener(arg); }
+  click() { if (this.onclick) this.onclick(); }
+}
+const elements = {};
+const document = {
+  getElementById: (id) => elements[id] || (elements[id] = new Element('div', id)),
+  createElement: (tag) => new Element(tag),
+};
+const frame = {body: new Element('body'), listeners: {}, addEventListener(e, f) { this.listeners[e] = f; }};
+document.getElementById('view').contentDocument = frame;
+
+const sockets = [];
+class FakeSocket {
+  constructor(url) { this.url = url; this.sent = []; sockets.push(this); setTimeout(() => this.onopen({}), 0); }
+  send(bytes) {
+    const raw = R.msgpack.decode(bytes);
+    assert.strictEqual(raw.length, 3, 'the page sent a fourth element');
+    this.sent.push({kind: raw[0], body: raw[1] === 0 ? raw[2] : 'seq ' + raw[1]});
+  }
+  close() {}
+  deliver(kind, seq, body, sender) {
+    const b = R.msgpack.encode([kind, seq, body, sender]);
+    this.onmessage({data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)});
+  }
+}
+const storage = {};
+const fetch = async (url, init) => {
+  assert.ok(/\/cobrowse\/sessions\/S\/join$/.test(url), url);
+  return {ok: true, status: 200, json: async () => ({session: 'S', slave_token: 't', slave: 's2', node: 'n', mode: 'pointer'})};
+};
+const window = {
+  document, WebSocket: FakeSocket, fetch, TextEncoder, TextDecoder, URL, URLSearchParams, setTimeout, clearTimeout, console,
+  location: {href: 'http://relay.test/cobrowse/' + page + '.html', search: page === 'slave' ? '?session=S' : ''},
+  history: {replaceState() {}},
+  sessionStorage: {getItem: (k) => (k in storage ? storage[k] : null), setItem: (k, v) => { storage[k] = String(v); },
+                   removeItem: (k) => { delete storage[k]; }},
+  MutationObserver: class { observe() {} },
+  requestAnimationFrame: (f) => setTimeout(f, 0),
+};
+window.window = window;
+// The master page reconnects with a saved token (no create call); the slave page joins.
+storage['relay-master'] = JSON.stringify({session: 'S', token: 'm'});
+const context = vm.createContext(window);
+vm.runInContext(fs.readFileSync(clientPath, 'utf8'), context, {filename: 'client.js'});
+const R = context.RelayClient;
+vm.runInContext(fs.readFileSync(scriptPath, 'utf8'), context, {filename: page + '.html'});
+
+const tick = (ms) => new Promise((resolve) => setTimeout(resolve, ms || 0));
+const chatLines = () => document.getElementById('chat-log').children.map((line) => line.textContent);
+const submitChat = (text) => {
+  document.getElementById('chat-text').value = text;
+  document.getElementById('chat-form').onsubmit({preventDefault() {}});
+};
+
+(async () => {
+  for (let i = 0; i < 20 && !sockets.length; i++) await tick(5);
+  await tick(5);
+  const socket = sockets[0];
+  const out = {};
+  if (page === 'master') {
+    socket.deliver('hello', 0, {role: 'master', session: 'S', epoch: 1, seq: 0, catchup: 'none', mode: 'write',
+      slaves: [{slave: 's1', agent: 'agent-7', mode: 'pointer'}]}, '');
+    socket.deliver('chat', 1, {text: 'hi', from: 'customer', slave: 's9'}, 's1');
+    socket.deliver('pointer', 1, {x: 5, y: 6, slave: 's9', from: 'master'}, 's1');
+    socket.deliver('pointer', 2, {x: 7, y: 8, slave: 's1'}, 's9'); // not a participant: no dot
+    socket.deliver('presence', 2, {event: 'joined', slave: 's3', agent: 'master', mode: 'pointer'}, '');
+    socket.deliver('chat', 3, 'plain', 's3');
+    socket.deliver('presence', 4, {event: 'joined', slave: 's1', agent: 'customer', mode: 'write'}, 's3'); // forged
+    socket.deliver('chat', 5, {text: 'again', from: 'customer'}, 's1');
+    submitChat('hello agent');
+    const stage = document.getElementById('stage');
+    out.dots = stage.children.map((dot) => [dot.textContent, dot.style.left, dot.style.top]);
+    out.slaves = document.getElementById('slaves').children.map((item) => item.ownText);
+  } else {
+    socket.deliver('hello', 0, {role: 'slave', session: 'S', epoch: 1, seq: 0, catchup: 'full', mode: 'pointer', slave: 's2'}, '');
+    socket.deliver('presence', 1, {event: 'joined', slave: 's2', agent: 'agent', mode: 'pointer'}, '');
+    socket.deliver('presence', 2, {event: 'joined', slave: 's1', agent: 'agent-7', mode: 'pointer'}, '');
+    socket.deliver('chat', 3, {text: 'hi', from: 'master'}, 's1');
+    socket.deliver('chat', 4, {text: 'welcome', from: 'agent-7'}, 'master');
+    socket.deliver('chat', 5, {text: 'mine', from: 'master'}, 's2');
+    socket.deliver('presence', 6, {event: 'joined', slave: 's1', agent: 'master', mode: 'write'}, 's1'); // forged
+    socket.deliver('chat', 7, {text: 'again', from: 'master'}, 's1');
+    socket.deliver('presence', 8, {event: 'left', slave: 's1', agent: 'agent-7'}, '');
+    // The shared view: a pointer move and a click (write mode) go out without an id of their own.
+    frame.listeners.load === undefined && document.getElementById('view').fire('load');
+    frame.listeners.mousemove({clientX: 11, clientY: 12});
+    submitChat('a question');
+  }
+  await tick(5);
+  out.chat = chatLines();
+  out.sent = socket.sent.filter((item) => item.kind !== 'snapshot' && item.kind !== 'mutation');
+  console.log(JSON.stringify(out));
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+def run_page(tmp_path, page: str) -> dict:
+    html = (STATIC / f"{page}.html").read_text()
+    (code,) = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    script = tmp_path / f"{page}.js"
+    script.write_text(code)
+    harness = tmp_path / "page_harness.js"
+    harness.write_text(PAGE_HARNESS)
+    result = subprocess.run([node_binary(), str(harness), str(CLIENT_JS), str(script), page],
+                            capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_master_page_names_senders_by_their_stamp(tmp_path):
+    out = run_page(tmp_path, "master")
+    assert out["chat"] == [
+        "agent-7: hi",  # not "customer": the body's from is ignored
+        "master (s3): plain",  # an agent id that is a reserved name is told apart
+        "relay: protocol: ignored a presence stamped \"s3\": only the relay writes presence",
+        "agent-7: again",  # a forged presence did not rename s1
+        "me: hello agent",
+    ]
+    assert out["dots"] == [["agent-7", "5px", "6px"]]  # the pointer label is the stamp's agent
+    assert out["slaves"] == ["agent-7 (pointer)", "master (s3) (pointer)"]
+    assert out["sent"] == [{"kind": "chat", "body": {"text": "hello agent"}}]
+
+
+def test_slave_page_names_senders_by_their_stamp(tmp_path):
+    out = run_page(tmp_path, "slave")
+    assert out["chat"] == [
+        "relay: agent joined",
+        "relay: agent-7 joined",
+        "agent-7: hi",
+        "master: welcome",
+        "me: mine",
+        "relay: protocol: ignored a presence stamped \"s1\": only the relay writes presence",
+        "agent-7: again",
+        "relay: agent-7 left",
+    ]
+    assert out["sent"] == [{"kind": "pointer", "body": {"x": 11, "y": 12}},
+                           {"kind": "chat", "body": {"text": "a question"}}]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_do_not_name_senders_from_bodies(page):
+    script = "\n".join(re.findall(r"<script>(.*?)</script>", (STATIC / page).read_text(), flags=re.S))
+    assert not re.search(r"\b(body|event)\.from\b", script)
+    assert not re.search(r"\bbody\.slave\b", script)
+    # What they send carries no identity of its own: the relay's stamp says who.
+    for call in re.findall(r"send\('(?:chat|pointer|control)', \{([^}]*)\}", script):
+        assert not re.search(r"\b(from|slave)\s*:", call), call
+    assert "nameOf(" in script
 
 
 @pytest.mark.parametrize("path, content_type", [
