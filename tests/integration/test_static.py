@@ -707,7 +707,7 @@ def test_connection_sequencing_resume_and_close_codes(tmp_path):
 LAUNCHER = """
 import json, trio, relay
 async def main():
-    config = relay.Config(listen="127.0.0.1:0", private_listen="127.0.0.1:0", poll_wait_s=2.0)
+    config = relay.Config(listen="127.0.0.1:0", private_listen="127.0.0.1:0", poll_wait_s=2.0, join_policy="open")
     async with trio.open_nursery() as nursery:
         listening = await nursery.start(relay.serve, config)
         print(json.dumps({"port": listening.public_port}), flush=True)
