@@ -73,8 +73,7 @@ class Server:
         self.metrics = Metrics(lambda: self.host.sessions.values(), self.host.ended_stats,
                                self.host.ended_published)
         self.shutting_down = False
-        self._connections = Connections(
-            config.max_connections, on_refused=self.metrics.handshake_failures.labels("too-many-connections").inc)
+        self._connections = Connections(config.max_connections, on_refused=self._refused)
         self._listeners: list = []
         context = ApiContext(config, self.host, self.metrics, config.set_cookie_value())
         self.api = Api(context)
@@ -130,6 +129,9 @@ class Server:
         with trio.move_on_after(self.config.shutdown_grace_s):
             await self._connections.wait_none_left()
         log_event(log, logging.INFO, "node.shutdown", connections_left=self.connections)
+
+    def _refused(self) -> None:
+        self.metrics.handshake_failures.labels("too-many-connections").inc()
 
     def _observe(self, session: Session, kind: str, seq: int, size: int) -> None:
         self.host.call_hook(self.config.on_message, session.id, kind, seq, size)
