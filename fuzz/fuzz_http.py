@@ -2,9 +2,9 @@
 
 The bytes go to h11 configured as relay/_http.py configures it; every request h11 accepts is then
 routed by the real ``Server._dispatch`` (through a socket-less ``HTTPConnection`` whose body comes
-from the same h11 events and whose responses are recorded), which runs the query parsing,
-``_check_origin``, ``read_body``, ``_resume_params``, ``is_upgrade_request`` / ``accept_headers``,
-``split_envelopes`` and ``deliver_envelope`` of a real session.  The only exceptions allowed are
+from the same h11 events and whose responses are recorded), which runs the query parsing, the route
+table, ``Api.check_origin``, ``read_body``, ``resume_params``, ``is_upgrade_request`` /
+``accept_headers``, ``split_envelopes`` and ``deliver_envelope`` of a real session.  The only exceptions allowed are
 ``h11.RemoteProtocolError`` (h11 refusing the bytes: a 400/431), ``HTTPError`` (an error response)
 and ``EnvelopeError``; anything else would be a 500 and is a finding.
 
@@ -32,8 +32,11 @@ from _common import TWINS, Finding, Reader, chunked_input, expect_only, main, ou
 from relay._config import Config
 from relay._errors import EnvelopeError
 from relay._handshake import accept_headers, is_upgrade_request
+from relay._api import resume_params
 from relay._http import HTTPConnection, HTTPError
-from relay._server import Server, _resume_params, parse_target, split_envelopes
+from relay._longpoll import split_envelopes
+from relay._routes import PRIVATE, PUBLIC, parse_target
+from relay._server import Server
 
 MAX_HEADER_BYTES = (Config().max_header_bytes, 64, 1024, 4096)
 MAX_CHUNKS = 8
@@ -155,7 +158,7 @@ def check_query(request: h11.Request) -> None:
     """The query parsing of Server._dispatch and the resume parameters, on their own."""
     try:
         _path, query = parse_target(request.target)
-        _resume_params(query)
+        resume_params(query)
     except Exception as exc:  # noqa: BLE001
         if not known_finding(exc):
             expect_only(exc, (HTTPError,), f"query of {request.target!r}")
@@ -186,7 +189,7 @@ async def dispatch_all(requests, public: bool) -> None:
                                       http_version=request.http_version)
             http = SocketlessHTTP(request, body_events)
             try:
-                await server._dispatch(http, request, public, f"fuzz{index}")
+                await server._dispatch(http, request, PUBLIC if public else PRIVATE, f"fuzz{index}")
             except (HTTPError, _Upgraded):
                 pass
             except Exception as exc:  # noqa: BLE001

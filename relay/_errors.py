@@ -8,9 +8,14 @@ Like h11 and wsproto, a protocol error says whose fault it is:
 * :class:`RemoteProtocolError`: the peer sent something invalid. ``close_code`` is the WebSocket
   close code to send back and ``http_status`` the HTTP status for the same fault on the HTTP side.
 * :class:`LocalProtocolError`: our own code asked for something invalid (a bug or a bad argument).
+
+:class:`HTTPError` is the error *response* a request handler wants sent; it lives here, not in the
+I/O module ``relay._http``, so that sans-IO code (handshake validation, routing) can raise it.
 """
 
 from __future__ import annotations
+
+from typing import Iterable, Optional
 
 from relay._closecodes import CloseCode
 
@@ -22,6 +27,7 @@ __all__ = [
     "EnvelopeError",
     "FloodError",
     "CookieError",
+    "HTTPError",
 ]
 
 
@@ -90,3 +96,20 @@ class FloodError(RemoteProtocolError):
 
 class CookieError(RelayError, ValueError):
     """A cookie name, value or attribute cannot be put in a header safely."""
+
+
+class HTTPError(RelayError):
+    """An HTTP error response to send: status, machine-readable code, human message.
+
+    Whoever runs the connection answers it (``relay._http.HTTPConnection.respond_error``) as JSON
+    ``{"error": code, "message": message, **details}`` with ``headers`` added (e.g. ``Allow``).
+    """
+
+    def __init__(self, status: int, code: str, message: str, headers: Iterable = (), *,
+                 details: Optional[dict] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = list(headers)
+        self.details = details or {}  # more JSON fields (e.g. the close code behind a long-poll 410)

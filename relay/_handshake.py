@@ -13,7 +13,7 @@ import binascii
 import h11
 from wsproto.utilities import generate_accept_token
 
-from relay._http import HTTPError
+from relay._errors import HTTPError
 
 __all__ = ["accept_headers", "is_upgrade_request"]
 

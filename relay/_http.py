@@ -8,32 +8,20 @@ this module adds the timeouts, the body limit and JSON error responses
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 from typing import Iterable, Optional
 
 import h11
 import trio
 
+from relay._errors import HTTPError  # re-exported: the error responses this module sends
 from relay._netio import Broken, Yielder, recv, send_all
+from relay._routes import json_body
 
 __all__ = ["HTTPConnection", "HTTPError", "json_body"]
 
 RECV_BYTES = 64 * 1024
 SERVER_HEADER = b"relay"
-
-
-class HTTPError(Exception):
-    """An HTTP error response to send: status, machine-readable code, human message."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Iterable = (), *,
-                 details: Optional[dict] = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = list(headers)
-        self.details = details or {}  # more JSON fields (e.g. the close code behind a long-poll 410)
 
 
 def _head_size(request: h11.Request) -> int:
@@ -42,10 +30,6 @@ def _head_size(request: h11.Request) -> int:
     for name, value in request.headers:
         size += len(name) + len(value) + len(b": \r\n")
     return size
-
-
-def json_body(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class HTTPConnection:
@@ -71,6 +55,7 @@ class HTTPConnection:
         Protocol errors are answered here (400, or 431 for an oversized head); a client that does
         not finish its head within ``timeout_s`` gets 408 and the connection is closed.
         """
+        self.request = None  # (a 408 below must not be taken for the answer to the previous request)
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             try:
                 self.conn.start_next_cycle()
@@ -151,7 +136,8 @@ class HTTPConnection:
             # We answer before reading the whole body (an error): do not try to reuse the connection.
             response_headers.append((b"connection", b"close"))
         data = self.conn.send(h11.Response(status_code=status, headers=response_headers))
-        data += self.conn.send(h11.Data(data=body)) if body else b""
+        if body and not (self.request is not None and self.request.method == b"HEAD"):  # HEAD: the head only
+            data += self.conn.send(h11.Data(data=body))
         data += self.conn.send(h11.EndOfMessage())
         await send_all(self.sock, data, self.yielder)
 

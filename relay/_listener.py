@@ -1,0 +1,128 @@
+"""Listening sockets and the one accept loop of every relay server (``serve`` and ``serve_echo``).
+
+The loop accepts in bursts (every pending connection per wake-up), sets TCP_NODELAY (frames are
+small and latency matters more than packets), refuses past the connection limit with a 503, backs
+off when accept itself fails (EMFILE: no descriptor left), and runs each connection in a task of its
+own whose socket is closed when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Awaitable, Callable, Optional
+
+import trio
+
+from relay._config import parse_hostport
+from relay._logging import log_event
+from relay._netio import Broken, close_socket
+
+__all__ = ["listen_socket", "Connections", "accept_loop", "LISTEN_BACKLOG"]
+
+log = logging.getLogger("relay.server")
+
+LISTEN_BACKLOG = 1024  # connections the kernel holds for us between two accept bursts
+ACCEPT_BACKOFF_S = 0.1  # after a failed accept (EMFILE and friends): let connections close, do not spin
+OVERLOADED_BODY = b'{"error":"overloaded","message":"too many connections"}'
+OVERLOADED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                       b"retry-after: 1\r\ncontent-length: " + str(len(OVERLOADED_BODY)).encode() + b"\r\n\r\n"
+                       + OVERLOADED_BODY)
+
+
+def listen_socket(address: str, setting: str) -> socket.socket:
+    """A non-blocking listening socket on ``address`` ("host:port"; ``setting`` names it in errors)."""
+    host, port = parse_hostport(address, setting=setting)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Connections:
+    """The live connections of one server: counted, bounded by ``limit``, awaited at shutdown."""
+
+    def __init__(self, limit: Optional[int] = None, on_refused: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.on_refused = on_refused  # e.g. count it in the metrics
+        self.count = 0
+        self._none_left = trio.Event()
+        self._none_left.set()
+
+    def admit(self) -> bool:
+        if self.limit is not None and self.count >= self.limit:
+            self.on_refused()
+            return False
+        self.count += 1
+        if self.count == 1:
+            self._none_left = trio.Event()
+        return True
+
+    def release(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._none_left.set()
+
+    async def wait_none_left(self) -> None:
+        await self._none_left.wait()
+
+
+def _refuse_overloaded(sock: socket.socket) -> None:
+    try:
+        sock.send(OVERLOADED_RESPONSE)
+    except OSError:
+        pass
+    sock.close()
+
+
+async def _run_connection(handle, sock: socket.socket, address, connections: Connections) -> None:
+    try:
+        await handle(sock, address)
+    except Broken:
+        pass
+    except Exception:
+        # A bug must cost one connection, never the process or another client's session.
+        log.exception("internal.error")
+    finally:
+        close_socket(sock)
+        connections.release()
+
+
+async def accept_loop(listener: socket.socket, handle: Callable[[socket.socket, object], Awaitable[None]],
+                      connections: Connections, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Accept on ``listener`` until it is closed; ``await handle(sock, address)`` for each connection.
+
+    Returns once the listener is closed and every connection it accepted has ended.
+    """
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except (trio.ClosedResourceError, OSError):
+                return
+            while True:
+                try:
+                    sock, address = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if listener.fileno() == -1:  # closed under us (shutdown)
+                        return
+                    log_event(log, logging.WARNING, "accept.failed", error=str(exc))
+                    await trio.sleep(ACCEPT_BACKOFF_S)
+                    break
+                sock.setblocking(False)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not connections.admit():
+                    _refuse_overloaded(sock)
+                    continue
+                nursery.start_soon(_run_connection, handle, sock, address, connections)
