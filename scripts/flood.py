@@ -112,14 +112,15 @@ class Scenario:
     expect: str  # "drops", "resync" (1013/resync of non-reading slaves), "1008", "429"
     sender_tail: bytes = b""  # a fourth element the client adds (the relay drops it at the peek)
     padding: Optional[tuple] = None  # (kind, body, count): envelopes added after each one (long-poll)
+    reads: bool = False  # the flooders read (and discard) what they get, so slowness never closes them
     description: str = ""
 
 
 SCENARIOS = [
     Scenario("ws-slave-pointer", "ws", "slave", "pointer", NIL, 2, ("master",), "drops",
              description="slaves flood empty pointer events to a master that never reads"),
-    Scenario("ws-slave-chat", "ws", "slave", "chat", TINY, 1, ("master", "slave"), "drops",
-             description="a slave floods tiny chat; the master and another slave never read"),
+    Scenario("ws-slave-chat", "ws", "slave", "chat", TINY, 2, ("master", "slave"), "drops", reads=True,
+             description="two slaves flood tiny chat (reading their echoes); the master and another slave never read"),
     Scenario("ws-master-mutation", "ws", "master", "mutation", NIL, 1, ("slave", "slave"), "resync",
              description="the master floods empty mutations to slaves that never read"),
     Scenario("ws-master-chat", "ws", "master", "chat", TINY, 1, ("slave", "slave"), "resync",
@@ -363,8 +364,18 @@ class FloodStats:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
+def _discard(sock: socket.socket) -> None:
+    """Read and drop everything until the connection ends (a flooder that keeps up with its echoes)."""
+    buffer = bytearray(1 * MiB)
+    try:
+        while sock.recv_into(buffer):
+            pass
+    except OSError:
+        pass
+
+
 def ws_flooder(port: int, target: str, frame: bytes, stats: FloodStats, stop: threading.Event,
-               deadline: float) -> None:
+               deadline: float, reads: bool = False) -> None:
     """Send ``frame`` again and again (one pre-built chunk per send) until the deadline, the count
     bound or ``stop``; reconnect when the node closes the connection."""
     reps = max(1, FLOOD_CHUNK_BYTES // len(frame))
@@ -381,6 +392,10 @@ def ws_flooder(port: int, target: str, frame: bytes, stats: FloodStats, stop: th
         with stats.lock:
             stats.connections += 1
         sock.settimeout(SOCKET_TIMEOUT_S)
+        reader = None
+        if reads:
+            reader = threading.Thread(target=_discard, args=(sock,), daemon=True)
+            reader.start()
         closed_by_node = False
         try:
             while not stop.is_set() and time.monotonic() < deadline and sent_envelopes < MAX_ENVELOPES_PER_FLOODER:
@@ -402,14 +417,19 @@ def ws_flooder(port: int, target: str, frame: bytes, stats: FloodStats, stop: th
                         rest = rest[n:]
         except OSError:
             closed_by_node = True
-        code = drain_close_code(sock, leftover, timeout_s=1.0 if closed_by_node else 0.2)
+        if reader is not None:
+            sock.shutdown(socket.SHUT_RDWR)  # the reader consumed the close frame: only the node knows it
+            reader.join(5)
+            code = "read"
+        else:
+            code = drain_close_code(sock, leftover, timeout_s=1.0 if closed_by_node else 0.2)
         with stats.lock:
             stats.close_codes[code] += 1
         sock.close()
 
 
 def poll_flooder(port: int, target: str, body: bytes, stats: FloodStats, stop: threading.Event,
-                 deadline: float) -> None:
+                 deadline: float, reads: bool = False) -> None:
     """POST ``body`` again and again (one connection each, never a GET), reading each answer."""
     head = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/msgpack\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
@@ -614,7 +634,7 @@ async def _run_on_node(node: Node, scenario: Scenario, seconds: float, limits: d
         async with trio.open_nursery() as flooders:
             for function, target, payload in work:
                 flooders.start_soon(trio.to_thread.run_sync, function, node.public_port, target, payload, stats,
-                                    stop, deadline)
+                                    stop, deadline, scenario.reads)
         report["flood_s"] = round(time.monotonic() - started, 3)
         bystander.measuring = False
         await trio.sleep(SETTLE_S)
@@ -678,8 +698,11 @@ def check(report: dict) -> list:
         if node.get("resyncs", 0) + node.get("slow_closed", 0) == 0:
             failures.append("expected resyncs or 1013 for the non-reading slaves")
     elif expect == "1008":
-        if node.get("closes", {}).get("1008", 0) == 0 or node.get("flood_closed", 0) == 0:
-            failures.append(f"expected 1008 closes for the refusal flood, node closes {node.get('closes')}")
+        # relay_closes counts a close once its connection ended; the flooder may have seen it before.
+        seen = node.get("closes", {}).get("1008", 0) + report["flooders"].get("close_codes", {}).get("1008", 0)
+        if seen == 0 or node.get("flood_closed", 0) == 0:
+            failures.append(f"expected 1008 closes for the refusal flood, node closes {node.get('closes')}, "
+                            f"flooders saw {report['flooders'].get('close_codes')}")
     elif expect == "429":
         if statuses.get("429", 0) == 0 or node.get("flood_closed", 0) == 0:
             failures.append(f"expected 429 for the refusal-flood POSTs, got {statuses}")
