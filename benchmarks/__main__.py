@@ -13,6 +13,8 @@ SUITES = {
     "fanout": ("benchmarks.fanout",
                "relay vs picows, websockets, aiohttp (uvloop), trio-websocket and iperf3: fan-out "
                "1 -> 1/4/16, mixed trace, return path, idle connections, late join (--quick: ~1 min)"),
+    "stall": ("benchmarks.stall",
+              "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }
 
 
