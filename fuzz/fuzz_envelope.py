@@ -48,7 +48,7 @@ def msgpack_verdict(data: bytes):
                               # ext types are not interpreted: the default hook refuses -128..-2
                               ext_hook=lambda code, payload: (code, payload))
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        if isinstance(exc, msgpack.StackError) or "timestamp" in str(exc).lower():
+        if isinstance(exc, msgpack.StackError) or "timestamp" in str(exc).lower() or "nanoseconds" in str(exc):
             return None
         return False
     return _shape_ok(obj)

@@ -17,6 +17,11 @@ from relay._session import Peer, Role, Session
 
 __all__ = ["deliver_envelope", "refuse", "SessionSocketHandler"]
 
+# A body is copied out of its received buffer when the buffer holds more than this beyond it, and the
+# body is small (up to COMPACT_COPY_BYTES) or the rest is more than a quarter of it.
+COMPACT_SLACK_BYTES = 256
+COMPACT_COPY_BYTES = 64 * 1024
+
 log = logging.getLogger("relay.endpoint")
 
 
@@ -30,6 +35,11 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
     # A client's own fourth element (a forged sender) ends at the peek: only the body goes on.
     kind, _seq, body_offset, body_end = peek_envelope(payload)
     body = memoryview(payload)[body_offset:body_end]
+    # The view keeps the whole received buffer alive (a long-poll body, or a big fourth element)
+    # while queues count only the body: copy a body that would hold much more than itself.
+    held = len(body.obj) - len(body)
+    if held > COMPACT_SLACK_BYTES and (len(body) <= COMPACT_COPY_BYTES or held > len(body) // 4):
+        body = bytes(body)
     if peer.role is Role.MASTER:
         error = session.from_master(peer, kind, body, now)
     else:

@@ -90,6 +90,12 @@ def sender_tail(sender: str) -> bytes:
     Built once per participant and sent after every body it sends.  ``LocalProtocolError`` past
     MAX_SENDER_BYTES UTF-8 bytes or for text that is not encodable."""
 
+def next_envelope(data: _BytesLike, offset: int) -> tuple[str, int, int, int, int]:
+    """The envelope that starts at ``data[offset]`` in a buffer of envelopes back to back (a
+    long-poll body): ``(kind, seq, body_offset, body_end, end)``, offsets into ``data``, ``end``
+    where the next envelope starts.  The same checks as ``peek_envelope`` but for trailing bytes;
+    ``EnvelopeError`` (1007) naming the fault, "truncated" when the buffer ends inside it."""
+
 def peek_envelope(data: _BytesLike) -> tuple[str, int, int, int]:
     """Check that ``data`` is exactly one envelope, ``[kind, seq, body]`` or
     ``[kind, seq, body, extra]``; return ``(kind, seq, body_offset, body_end)``, where

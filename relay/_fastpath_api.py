@@ -21,6 +21,7 @@ FASTPATH_NAMES = (
     "envelope_header",
     "frame_header",
     "murmur3_token",
+    "next_envelope",
     "parse_close_payload",
     "parse_cookie",
     "peek_envelope",

@@ -262,7 +262,9 @@ cdef Py_ssize_t _env_skip_one_object(const unsigned char* p, Py_ssize_t pos,
     return pos
 
 
-cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end):
+cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end, bint whole):
+    """(kind, seq, body_offset, body_end) of the envelope that is all of p[0:end] (``whole``), or
+    (kind, seq, body_offset, body_end, envelope_end) of the one that starts at p[0]."""
     cdef Py_ssize_t pos
     cdef uint64_t count
     cdef Py_ssize_t kind_length
@@ -351,6 +353,8 @@ cdef tuple _env_peek(const unsigned char* p, Py_ssize_t end):
         if body_end >= end:
             raise EnvelopeError("truncated envelope: no fourth element")
         last = _env_skip_one_object(p, body_end, end)
+    if not whole:
+        return (kind, seq, pos, body_end, last)
     if last != end:
         raise EnvelopeError(f"trailing bytes after the envelope: {end - last}")
     return (kind, seq, pos, body_end)
@@ -367,6 +371,28 @@ def peek_envelope(data):
     cdef Py_buffer view
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        return _env_peek(<const unsigned char*>view.buf, view.len)
+        return _env_peek(<const unsigned char*>view.buf, view.len, True)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def next_envelope(data, offset):
+    """The envelope that starts at ``data[offset]`` in a buffer of envelopes back to back (a
+    long-poll body): ``(kind, seq, body_offset, body_end, end)``, offsets into ``data``, ``end``
+    where the next envelope starts.  The same checks as ``peek_envelope`` but for trailing bytes;
+    ``EnvelopeError`` (1007) naming the fault, "truncated" when the buffer ends inside it."""
+    cdef Py_buffer view
+    cdef Py_ssize_t start
+    cdef tuple found
+    if not _env_is_int(offset) or _env_is_bool(offset):
+        raise TypeError(f"offset must be int, not {type(offset).__name__}")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        if offset < 0 or offset > view.len:
+            raise LocalProtocolError(f"offset {offset} is outside the buffer of {view.len} bytes")
+        start = offset
+        found = _env_peek(<const unsigned char*>view.buf + start, view.len - start, False)
+        return (found[0], found[1], <Py_ssize_t>found[2] + start, <Py_ssize_t>found[3] + start,
+                <Py_ssize_t>found[4] + start)
     finally:
         PyBuffer_Release(&view)

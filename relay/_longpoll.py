@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-import msgpack
 import trio
 
+from relay._accel import next_envelope
 from relay._api import ApiContext, authenticate, resume_params, session_or_404
 from relay._endpoint import deliver_envelope
 from relay._errors import EnvelopeError, FloodError, HTTPError
@@ -26,28 +26,23 @@ from relay._session import Peer, Role, Session
 __all__ = ["LongPollTransport", "split_envelopes"]
 
 CONTENT_TYPE = "application/msgpack"
+# The work one POST may ask for: envelopes, besides poll_body_bytes.  A browser batches what it sent
+# since its last POST (a few to a few hundred); this is far above that and far below a stall.
+MAX_ENVELOPES_PER_POST = 4096
+ENVELOPES_PER_TURN = 128  # envelopes routed between two checkpoints (about a millisecond)
 
 
 def split_envelopes(body: bytes):
-    """Yield each msgpack object of a long-poll body as a view (bodies are decoded by msgpack only
-    to find where they end; the relay itself never looks inside)."""
+    """Yield each envelope of a long-poll body as a view, with the checks of ``peek_envelope``
+    (``next_envelope`` walks it without building any object, so a body costs what its bytes cost)."""
     if not body:
         raise EnvelopeError("empty long-poll body: send one or more envelopes")
-    unpacker = msgpack.Unpacker(raw=True, max_buffer_size=len(body), strict_map_key=False)
-    unpacker.feed(body)
     view = memoryview(body)
     start = 0
-    try:
-        for _ in unpacker:
-            end = unpacker.tell()
-            yield view[start:end]
-            start = end
-    except EnvelopeError:
-        raise
-    except Exception as exc:
-        raise EnvelopeError(f"malformed msgpack: {exc}") from None
-    if start != len(body):
-        raise EnvelopeError("the body ends in the middle of an envelope")
+    while start < len(body):
+        end = next_envelope(view, start)[4]
+        yield view[start:end]
+        start = end
 
 
 class _Waiter:
@@ -141,6 +136,14 @@ class LongPollTransport:
         count = 0
         try:
             for envelope in split_envelopes(body):
+                if count == MAX_ENVELOPES_PER_POST:
+                    raise HTTPError(413, "too-many-envelopes",
+                                    f"a long-poll POST carries at most {MAX_ENVELOPES_PER_POST} envelopes; "
+                                    f"the first {count} were delivered", details={"accepted": count})
+                if count and count % ENVELOPES_PER_TURN == 0:
+                    await trio.lowlevel.checkpoint()  # one request must not hold the loop
+                    if peer.closing:  # closed meanwhile (replaced, session ended): the rest has nowhere to go
+                        break
                 metrics.message_in(role.value, len(envelope))
                 deliver_envelope(session, peer, envelope, trio.current_time())
                 count += 1

@@ -43,6 +43,7 @@ _OPEN = ConnectionState.OPEN
 
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0  # after our close frame, how long we wait for the peer's
 RECV_BUFFER_BYTES = 256 * 1024
+MESSAGES_PER_TURN = 256  # messages handed on between two checkpoints: about a millisecond of routing
 MAX_PENDING_CONTROL_FRAMES = 16  # pongs beyond this are dropped: only the latest ping needs one
 
 # One receive buffer for the whole process: a reader consumes what it read (FrameDecoder.feed
@@ -165,7 +166,8 @@ class WebSocketConnection:
             if self.leftover:
                 decoder.feed(self.leftover)
                 self.leftover = b""
-                self._drain_events()
+                while self._drain_events():
+                    await trio.lowlevel.checkpoint()
             while True:
                 # The rest of a large payload goes straight into the message being assembled;
                 # anything else through the shared buffer (no per-connection buffer: idle
@@ -187,7 +189,10 @@ class WebSocketConnection:
                         decoder.feed(_shared_receive_view[:n])
                 self.bytes_in += n
                 if closing.expects_frames:
-                    self._drain_events()
+                    # One read can hold thousands of tiny messages: route them a turn at a time.
+                    while self._drain_events():
+                        await trio.lowlevel.checkpoint()
+                        yielder.waited()
                 await yielder.account(n)
         except RemoteProtocolError as exc:
             log_event(log, logging.INFO, "ws.protocol_error", conn=self.connection_id, code=exc.close_code,
@@ -211,14 +216,17 @@ class WebSocketConnection:
         closing.connection_lost()
         self._finish()
 
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> bool:
+        """Hand the decoded events on, at most MESSAGES_PER_TURN of them; True when some are left."""
         decoder = self.decoder
+        if decoder is None:
+            return False
         handler = self.handler
         closing = self.closing
-        while True:
+        for _ in range(MESSAGES_PER_TURN):
             event = decoder.next_event()
             if event is None:
-                return
+                return False
             opcode, payload = event
             if opcode == OP_BINARY or opcode == OP_TEXT:
                 self.messages_in += 1
@@ -230,8 +238,9 @@ class WebSocketConnection:
                     self._notify()
             elif opcode == OP_CLOSE:
                 self._on_peer_close(payload)
-                return
+                return False
             # OP_PONG: its arrival already refreshed last_receive.
+        return True
 
     def _on_peer_close(self, payload: bytes) -> None:
         code, _reason = parse_close_payload(payload)

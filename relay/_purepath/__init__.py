@@ -11,6 +11,7 @@ from relay._purepath.envelope import (
     build_envelope,
     envelope_frame_header,
     envelope_header,
+    next_envelope,
     peek_envelope,
     sender_tail,
 )

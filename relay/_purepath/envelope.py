@@ -18,6 +18,7 @@ __all__ = [
     "build_envelope",
     "envelope_frame_header",
     "envelope_header",
+    "next_envelope",
     "peek_envelope",
     "sender_tail",
 ]
@@ -179,17 +180,37 @@ def peek_envelope(data) -> tuple[str, int, int, int]:
     the fault.
     """
     data = _byte_view(data)
+    kind, seq, pos, body_end, last = _peek_at(data, 0)
+    if last != len(data):
+        raise EnvelopeError(f"trailing bytes after the envelope: {len(data) - last}")
+    return kind, seq, pos, body_end
+
+
+def next_envelope(data, offset: int) -> tuple[str, int, int, int, int]:
+    """The envelope that starts at ``data[offset]`` in a buffer of envelopes back to back (a
+    long-poll body): ``(kind, seq, body_offset, body_end, end)``, offsets into ``data``, ``end``
+    where the next envelope starts.  The same checks as ``peek_envelope`` but for trailing bytes;
+    ``EnvelopeError`` (1007) naming the fault, "truncated" when the buffer ends inside it."""
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise TypeError(f"offset must be int, not {type(offset).__name__}")
+    data = _byte_view(data)
+    if offset < 0 or offset > len(data):
+        raise LocalProtocolError(f"offset {offset} is outside the buffer of {len(data)} bytes")
+    return _peek_at(data, offset)
+
+
+def _peek_at(data, start: int) -> tuple[str, int, int, int, int]:
     end = len(data)
-    if end == 0:
+    if start >= end:
         raise EnvelopeError("truncated envelope: empty message")
-    marker = data[0]
+    marker = data[start]
     if marker == _FIXARRAY_3 or marker == _FIXARRAY_4:
-        count, pos = marker & 0x0F, 1
-    elif marker == 0xDC and end >= 3 and _uint(data, 1, 2) in (3, 4):
-        count, pos = _uint(data, 1, 2), 3
-    elif marker == 0xDD and end >= 5 and _uint(data, 1, 4) in (3, 4):
-        count, pos = _uint(data, 1, 4), 5
-    elif marker in (0xDC, 0xDD) and end < (3 if marker == 0xDC else 5):
+        count, pos = marker & 0x0F, start + 1
+    elif marker == 0xDC and end - start >= 3 and _uint(data, start + 1, 2) in (3, 4):
+        count, pos = _uint(data, start + 1, 2), start + 3
+    elif marker == 0xDD and end - start >= 5 and _uint(data, start + 1, 4) in (3, 4):
+        count, pos = _uint(data, start + 1, 4), start + 5
+    elif marker in (0xDC, 0xDD) and end - start < (3 if marker == 0xDC else 5):
         raise EnvelopeError("truncated envelope: array header cut short")
     else:
         raise EnvelopeError("envelope is not an array of 3 or 4")
@@ -204,9 +225,7 @@ def peek_envelope(data) -> tuple[str, int, int, int]:
         if body_end >= end:
             raise EnvelopeError("truncated envelope: no fourth element")
         last = _skip_one_object(data, body_end, end)
-    if last != end:
-        raise EnvelopeError(f"trailing bytes after the envelope: {end - last}")
-    return kind, seq, pos, body_end
+    return kind, seq, pos, body_end, last
 
 
 def _peek_kind(data, pos: int, end: int) -> tuple[str, int]:

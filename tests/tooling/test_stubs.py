@@ -15,6 +15,7 @@ STUB = ROOT / "relay" / "_fastpath.pyi"
 # What the stamped envelope functions return, as the stub spells it.
 ENVELOPE_RETURNS = {
     "peek_envelope": "tuple[str, int, int, int]",
+    "next_envelope": "tuple[str, int, int, int, int]",
     "envelope_header": "bytes",
     "build_envelope": "bytes",
     "envelope_frame_header": "bytes",
