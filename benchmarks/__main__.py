@@ -12,7 +12,11 @@ SUITES = {
                  "cassandra-driver: frame decoding, unmasking, frame encoding, cookies, tokens"),
     "fanout": ("benchmarks.fanout",
                "relay vs picows, websockets, aiohttp (uvloop), trio-websocket and iperf3: fan-out "
-               "1 -> 1/4/16, mixed trace, return path, idle connections, late join (--quick: ~1 min)"),
+               "1 -> 1/4/16, mixed trace, return path, idle connections, late join, a 1 KiB-16 MiB sweep "
+               "(--quick: ~2 min, --sweep: the sweep only); installs what it needs first (see setup)"),
+    "setup": ("benchmarks._setup",
+              "install what fanout measures against when missing: the bench extra (into a venv only) "
+              "and Debian's iperf3 (as root)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }

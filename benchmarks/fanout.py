@@ -1,13 +1,15 @@
 """relay against the fastest Python WebSocket servers and the kernel's limit, in one run.
 
     python -m benchmarks fanout            # the full suite: about 15 minutes on a 2-core VM
-    python -m benchmarks fanout --quick    # about a minute: the cases the targets need, fewer rounds
+    python -m benchmarks fanout --quick    # about 2 minutes: the cases the targets need
+    python -m benchmarks fanout --sweep    # about 5 minutes: 1 -> 4 from 1 KiB to 16 MiB vs picows
 
 Every measurement starts the server in its own process pinned to core 0 and the one load generator
-(benchmarks/loadgen.py) in another pinned to core 1, runs one workload, and stops the server.  For
+(benchmarks/loadgen/) in another pinned to core 1, runs one workload, and stops the server.  For
 each case the servers take turns within every round (the order rotates) and the median of the
 rounds is kept, so that a noisy phase of the machine hurts every server alike.  Figures are ratios
-against relay measured in the same run; absolute numbers are printed for context only.  iperf3's
+against relay measured in the same run, taken round by round, with their spread (benchmarks/_stats.py):
+a verdict is PASS or MISS only when every round agrees; absolute numbers are for context only.  iperf3's
 single loopback TCP stream, pinned the same way, is the kernel's ceiling.
 """
 
@@ -24,9 +26,15 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import _setup
 from benchmarks._report import KIB, MIB, format_size, machine_description, print_table, save_json
+from benchmarks._stats import (MIN_RATIO_ROUNDS, compare_ratios, format_ratio, paired_ratios, ratio_stats,
+                               verdict as spread_verdict)
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_RUN = ROOT / "benchmarks" / "results" / "reference" / "fanout-20261125T224011Z.json"
+REFERENCE_LABEL = "2026-11-25 (before the sender stamp)"
+MAX_MESSAGE_BYTES = 32 * MIB  # relay's and the peers' (servers/_common.py): above the sweep's 16 MiB
 SERVER_CORE = 0
 LOADGEN_CORE = 1
 START_TIMEOUT_S = 20.0
@@ -35,9 +43,9 @@ IPERF3_INSTALL_HINT = "iperf3 not installed (Debian/Ubuntu: sudo apt-get install
 
 # name -> (command line after "python", how the load generator talks to it)
 SERVERS = {
-    "relay": (["-m", "relay", "serve", "--log-level", "warning", "--slave-queue-bytes", "67108864",
+    "relay": (["-m", "relay", "serve", "--log-level", "warning", "--join-policy", "open", "--slave-queue-bytes", "67108864",
                "--backlog-bytes", "33554432", "--history-hard-limit-bytes", "67108864",
-               "--max-slaves-per-session", "64"], "relay"),
+               "--max-slaves-per-session", "64", "--max-message-bytes", str(32 * 1024 * 1024)], "relay"),
     "picows": (["-m", "benchmarks.servers.picows_server"], "plain"),
     "websockets": (["-m", "benchmarks.servers.websockets_server"], "plain"),
     "aiohttp": (["-m", "benchmarks.servers.aiohttp_server"], "plain"),
@@ -46,30 +54,43 @@ SERVERS = {
 PEER_PACKAGES = ["picows", "uvloop", "websockets", "aiohttp", "trio-websocket", "trio", "matplotlib"]
 SIZES = [KIB, 16 * KIB, 50 * KIB, MIB, 5 * MIB]
 FANOUTS = [1, 4, 16]
+SWEEP_SIZES = [KIB << shift for shift in range(15)]  # 1 KiB, 2 KiB, ... 16 MiB
+SWEEP_SLAVES = 4
+SWEEP_SERVERS = ["relay", "picows"]
+# At least two 16 MiB messages in flight (16 MiB, the fan-out cases' window, would allow one: a
+# ping-pong, not a throughput).  Below 16 KiB the 2,000-message cap of the load generator binds.
+SWEEP_WINDOW_BYTES = 32 * MIB
+SWEEP_BYTES_CAP = 4 * 1024 * MIB  # messages per sample at most: a cap, the sample stops on time first
 
 # What each mode runs.  Counts are caps: a fan-out sample also stops after ``fanout_seconds``.
 PLANS = {
     "quick": {
         "servers": ["relay", "picows", "trio-websocket"],
         "fanout_cases": [(4, KIB), (4, MIB)],
-        "fanout_rounds": 3, "fanout_seconds": 0.4,
-        "mixed": {"duration_s": 2.5, "snapshot_every_s": 1.0}, "mixed_rounds": 1,
+        "fanout_rounds": MIN_RATIO_ROUNDS, "fanout_seconds": 0.4,
+        "mixed": {"duration_s": 2.5, "snapshot_every_s": 1.0}, "mixed_rounds": 3,
         "return_rounds": 1, "return_count": 4000,
-        "idle_connections": 500, "idle_rounds": 1,
+        "idle_connections": 500, "idle_rounds": 3,
         "latejoin_rounds": 1, "latejoin_joins": 3,
         "iperf3_seconds": 1, "iperf3_rounds": 1,
     },
     "full": {
         "servers": list(SERVERS),
         "fanout_cases": [(slaves, size) for slaves in FANOUTS for size in SIZES],
-        "fanout_rounds": 3, "fanout_seconds": 0.8,
-        "mixed": {"duration_s": 8.0, "snapshot_every_s": 2.0}, "mixed_rounds": 2,
+        "fanout_rounds": MIN_RATIO_ROUNDS, "fanout_seconds": 0.8,
+        "mixed": {"duration_s": 8.0, "snapshot_every_s": 2.0}, "mixed_rounds": 3,
         "return_rounds": 3, "return_count": 20000,
         "idle_connections": 10_000, "idle_rounds": 1,
         "latejoin_rounds": 3, "latejoin_joins": 5,
         "iperf3_seconds": 3, "iperf3_rounds": 3,
+        "sweep": True,
     },
 }
+SWEEP_PLAN = {"sweep_rounds": MIN_RATIO_ROUNDS, "sweep_seconds": 0.4, "iperf3_seconds": 1, "iperf3_rounds": 1}
+# Workloads of this script -> the load generator's (the sweep is fan-out cases of its own).
+LOADGEN_WORKLOAD = {"sweep": "fanout"}
+# Cases whose relay/peer ratio carries a verdict: at least MIN_RATIO_ROUNDS rounds.
+RATIO_WORKLOADS = ("fanout", "sweep")
 FANOUT_COUNT_CAP = {KIB: 60_000, 16 * KIB: 30_000, 50 * KIB: 12_000, MIB: 1_000, 5 * MIB: 200}
 MIXED_SMALL_BYTES = KIB
 MIXED_RATE_PER_S = 500
@@ -141,7 +162,8 @@ def stop_server(process: subprocess.Popen) -> None:
 def run_loadgen(name: str, workload: str, options: dict) -> dict:
     process, port = start_server(name)
     try:
-        command = [sys.executable, "-m", "benchmarks.loadgen", "--workload", workload, "--target", SERVERS[name][1],
+        command = [sys.executable, "-m", "benchmarks.loadgen", "--workload", LOADGEN_WORKLOAD.get(workload, workload),
+                   "--target", SERVERS[name][1],
                    "--port", str(port), "--server-pid", str(process.pid)]
         for key, value in options.items():
             command += [f"--{key.replace('_', '-')}", str(value)]
@@ -208,8 +230,23 @@ class Case:
         self.label = label
 
 
+def sweep_cases(servers: list, rounds: int, seconds: float) -> list:
+    """1 -> 4 at every power of two from 1 KiB to 16 MiB, relay against picows."""
+    servers = [name for name in SWEEP_SERVERS if name in servers]
+    return [Case(f"sweep/{SWEEP_SLAVES}/{size}", "sweep", servers, rounds,
+                 {"slaves": SWEEP_SLAVES, "size": size, "count": max(100, min(60_000, SWEEP_BYTES_CAP // size)),
+                  "max_duration_s": seconds, "window_bytes": SWEEP_WINDOW_BYTES},
+                 seconds + 1.2 + size * 40 / 2e9, f"sweep 1 -> 4 {format_size(size)}")
+            for size in SWEEP_SIZES]
+
+
 def build_plan(plan: dict, servers: list) -> list:
     cases = []
+    if "sweep_rounds" in plan:  # --sweep: the sweep alone, and iperf3 for scale
+        cases = sweep_cases(servers, plan["sweep_rounds"], plan["sweep_seconds"])
+        cases.append(Case("iperf3", "iperf3", ["iperf3"], plan["iperf3_rounds"], {"seconds": plan["iperf3_seconds"]},
+                          plan["iperf3_seconds"] + 1.0, "iperf3 1 stream"))
+        return cases
     fanout_seconds = plan["fanout_seconds"]
     for slaves, size in plan["fanout_cases"]:
         cases.append(Case(f"fanout/{slaves}/{size}", "fanout", servers, plan["fanout_rounds"],
@@ -233,6 +270,8 @@ def build_plan(plan: dict, servers: list) -> list:
                           {"count": LATEJOIN_MUTATIONS, "size": LATEJOIN_MUTATION_BYTES,
                            "snapshot_bytes": LATEJOIN_SNAPSHOT_BYTES, "joins": plan["latejoin_joins"]},
                           3.0, "late join"))
+    if plan.get("sweep"):
+        cases += sweep_cases(servers, plan["fanout_rounds"], plan["fanout_seconds"] / 2)
     cases.append(Case("iperf3", "iperf3", ["iperf3"], plan["iperf3_rounds"], {"seconds": plan["iperf3_seconds"]},
                       plan["iperf3_seconds"] + 1.0, "iperf3 1 stream"))
     return cases
@@ -273,7 +312,7 @@ def _mmss(seconds: float) -> str:
 def _short(workload: str, sample: dict) -> str:
     if "error" in sample:
         return f"FAILED: {sample['error'].splitlines()[-1][:150]}"
-    if workload in ("fanout", "return"):
+    if workload in ("fanout", "sweep", "return"):
         return f"{sample['messages_per_s']:>9.0f} msg/s {sample['delivered_bytes_per_s'] / 1e6:8.1f} MB/s  " \
                f"p99 {sample['latency_p99_s'] * 1e3:7.1f} ms"
     if workload == "mixed":
@@ -316,7 +355,7 @@ def run(cases: list, progress: Progress) -> dict:
 # ---------------------------------------------------------------------------------- summaries
 
 # The figure each workload's median is taken on, and whether more is better.
-MEDIAN_KEY = {"fanout": ("messages_per_s", True), "return": ("messages_per_s", True),
+MEDIAN_KEY = {"fanout": ("messages_per_s", True), "sweep": ("messages_per_s", True), "return": ("messages_per_s", True),
               "mixed": ("small_in_flight_largest_latency_p99_s", False), "idle": ("bytes_per_connection", False),
               "latejoin": ("late_join_s", False), "iperf3": ("bytes_per_s", True)}
 
@@ -338,6 +377,22 @@ def median_sample(workload: str, runs: list) -> dict | None:
 def summarize(cases: list, samples: dict) -> dict:
     return {case.key: {name: median_sample(case.workload, runs) for name, runs in samples[case.key].items()}
             for case in cases}
+
+
+def round_ratios(cases: list, samples: dict) -> dict:
+    """ratios[case.key][peer]: relay's advantage round by round (benchmarks/_stats.py), with spread."""
+    ratios = {}
+    for case in cases:
+        if "relay" not in case.servers or case.workload not in MEDIAN_KEY:
+            continue
+        key, higher = MEDIAN_KEY[case.workload]
+        figure = [s.get(key) if "error" not in s else None for s in samples[case.key]["relay"]]
+        ratios[case.key] = {}
+        for peer in case.servers:
+            if peer != "relay":
+                theirs = [s.get(key) if "error" not in s else None for s in samples[case.key][peer]]
+                ratios[case.key][peer] = ratio_stats(paired_ratios(figure, theirs, higher_is_better=higher))
+    return ratios
 
 
 def advantage(workload: str, relay: dict | None, peer: dict | None) -> float | None:
@@ -447,12 +502,13 @@ def report(cases: list, summary: dict, servers: list, iperf3_bps: float | None) 
         print(f"\niperf3, one TCP stream on loopback (median): {iperf3_bps / 1e9:.2f} GB/s")
 
 
-def ratio_table(cases: list, summary: dict, servers: list, iperf3_bps: float | None) -> list:
-    """Rows: every case; columns: relay's advantage over each peer (>1: relay better)."""
+def ratio_table(cases: list, summary: dict, servers: list, iperf3_bps: float | None, ratios: dict) -> list:
+    """Rows: every case; columns: relay's advantage over each peer (>1: relay better), the median of
+    the per-round ratios with their range."""
     peers = [name for name in servers if name != "relay"]
     rows = []
     for case in cases:
-        if case.workload == "iperf3":
+        if case.workload in ("iperf3", "sweep"):  # the sweep has its own table
             continue
         if case.workload == "latejoin":
             r = summary[case.key].get("relay")
@@ -461,10 +517,11 @@ def ratio_table(cases: list, summary: dict, servers: list, iperf3_bps: float | N
             continue
         row = [case.label]
         for name in peers:
-            row.append(_fmt(advantage(case.workload, summary[case.key].get("relay"), summary[case.key].get(name)), 1, 2))
+            row.append(format_ratio(ratios.get(case.key, {}).get(name)))
         rows.append(row)
-    print_table("relay vs each peer, same run (x = how many times better relay is: throughput relay/peer; "
-                "latency, memory peer/relay; >1 means relay is better)", ["case"] + [f"vs {p}" for p in peers], rows)
+    print_table("relay vs each peer, same run: median of the per-round ratios (min..max over rounds); x = how many "
+                "times better relay is: throughput relay/peer, latency and memory peer/relay; >1: relay is better",
+                ["case"] + [f"vs {p}" for p in peers], rows)
     if iperf3_bps:
         best = best_relay_bytes_per_s(summary, 4, MIB)
         if best:
@@ -484,19 +541,28 @@ def best_relay_bytes_per_s(summary: dict, slaves: int, min_size: int) -> float |
     return best
 
 
-def judge(summary: dict, iperf3: dict | None) -> list:
-    """The issue's targets, PASS/MISS (never asserted: the figures depend on the machine)."""
+def judge(summary: dict, iperf3: dict | None, ratios: dict) -> list:
+    """The issue's targets (never asserted: the figures depend on the machine).  A ratio's verdict
+    is PASS or MISS only when every round agrees, "within spread" otherwise (benchmarks/_stats.py)."""
     verdicts = []
 
-    def add(label, value, minimum, shown):
-        verdicts.append({"target": label, "value": value, "minimum": minimum,
-                         "met": None if value is None else value >= minimum, "shown": shown})
+    def add(label, value, minimum, shown, stats=None):
+        if stats is not None:
+            met = spread_verdict(stats, minimum)
+        else:
+            met = "?" if value is None else ("PASS" if value >= minimum else "MISS")
+        verdicts.append({"target": label, "value": value, "minimum": minimum, "verdict": met,
+                         "met": {"PASS": True, "MISS": False}.get(met), "shown": shown, "ratio": stats})
+
+    def add_ratio(label, key, peer, minimum, shown=None):
+        stats = ratios.get(key, {}).get(peer)
+        text = format_ratio(stats) + (f"; {shown}" if shown else "")
+        add(label, stats and stats["median"], minimum, text, stats or {})
 
     for size in (MIB, 5 * MIB):
         key = f"fanout/4/{size}"
         if key in summary and "picows" in summary[key]:
-            v = advantage("fanout", summary[key].get("relay"), summary[key]["picows"])
-            add(f"1 -> 4, {format_size(size)}: relay >= 1.0x picows (msg/s)", v, 1.0, _fmt(v, 1, 2) + "x")
+            add_ratio(f"1 -> 4, {format_size(size)}: relay >= 1.0x picows (msg/s)", key, "picows", 1.0)
     iperf3_bps = (iperf3 or {}).get("bytes_per_s")
     best = best_relay_bytes_per_s(summary, 4, MIB)
     if best is not None:
@@ -508,23 +574,98 @@ def judge(summary: dict, iperf3: dict | None) -> list:
     if key in summary:
         for peer, minimum in (("picows", 1.0), ("trio-websocket", 3.0)):
             if peer in summary[key]:
-                v = advantage("fanout", summary[key].get("relay"), summary[key][peer])
-                add(f"1 -> 4, 1 KiB: relay >= {minimum:g}x {peer} (msg/s)", v, minimum, _fmt(v, 1, 2) + "x")
+                add_ratio(f"1 -> 4, 1 KiB: relay >= {minimum:g}x {peer} (msg/s)", key, peer, minimum)
     if "mixed" in summary and "picows" in summary["mixed"]:
-        v = advantage("mixed", summary["mixed"].get("relay"), summary["mixed"]["picows"])
         relay, picows = summary["mixed"].get("relay") or {}, summary["mixed"]["picows"] or {}
-        add("mixed trace: small-message p99 while a 5 MiB snapshot is in flight <= picows'", v, 1.0,
-            f"{_ms(relay.get('small_in_flight_largest_latency_p99_s'))} vs "
-            f"{_ms(picows.get('small_in_flight_largest_latency_p99_s'))} ms")
+        add_ratio("mixed trace: small-message p99 while a 5 MiB snapshot is in flight <= picows'", "mixed", "picows",
+                  1.0, f"median rounds {_ms(relay.get('small_in_flight_largest_latency_p99_s'))} vs "
+                       f"{_ms(picows.get('small_in_flight_largest_latency_p99_s'))} ms")
     if "idle" in summary and "picows" in summary["idle"]:
-        v = advantage("idle", summary["idle"].get("relay"), summary["idle"]["picows"])
         relay, picows = summary["idle"].get("relay") or {}, summary["idle"]["picows"] or {}
-        add("idle connections: relay's memory per connection <= picows'", v, 1.0,
-            f"{_fmt(relay.get('bytes_per_connection'), 1 / KIB)} vs {_fmt(picows.get('bytes_per_connection'), 1 / KIB)} KiB")
-    print_table("Targets (relay / peer, same run)", ["target", "measured", "verdict"],
-                [[v["target"], v["shown"], "?" if v["met"] is None else ("PASS" if v["met"] else "MISS")]
-                 for v in verdicts])
+        add_ratio("idle connections: relay's memory per connection <= picows'", "idle", "picows", 1.0,
+                  f"{_fmt(relay.get('bytes_per_connection'), 1 / KIB)} vs "
+                  f"{_fmt(picows.get('bytes_per_connection'), 1 / KIB)} KiB")
+    short = [f"{format_size(int(key.split('/')[2]))}" for key, by_peer in ratios.items()
+             if key.startswith("sweep/") and spread_verdict(by_peer.get("picows"), 1.0) != "PASS"]
+    if any(key.startswith("sweep/") for key in ratios):
+        add_ratio("sweep 1 -> 4, 1 KiB-16 MiB: relay >= 1.0x picows at every size (worst size shown)",
+                  min((k for k in ratios if k.startswith("sweep/") and ratios[k].get("picows")),
+                      key=lambda k: ratios[k]["picows"]["median"], default=""), "picows", 1.0,
+                  f"not PASS at: {', '.join(short)}" if short else "every size PASS")
+    print_table("Targets (relay / peer, same run; PASS/MISS only when every round agrees)",
+                ["target", "measured: median (min..max)", "verdict"],
+                [[v["target"], v["shown"], v["verdict"]] for v in verdicts])
     return verdicts
+
+
+def sweep_table(cases: list, summary: dict, ratios: dict) -> list:
+    """1 -> 4 by size, relay against picows: throughput, CPU per delivered message, ratio with spread."""
+    rows = []
+    for case in cases:
+        if case.workload != "sweep":
+            continue
+        relay, picows = summary[case.key].get("relay"), summary[case.key].get("picows")
+        stats = ratios.get(case.key, {}).get("picows")
+        row = [format_size(case.options["size"])]
+        for r in (relay, picows):
+            if not r or "error" in r:
+                row += ["FAILED", "", ""]
+                continue
+            cpu = r.get("server_cpu_s_per_message")
+            row += [f"{r['messages_per_s']:.0f}", f"{r['delivered_bytes_per_s'] / 1e6:.0f}",
+                    _fmt(None if cpu is None else cpu / case.options["slaves"], 1e6, 1)]
+        cpu_ratio = None
+        if relay and picows and "error" not in relay and "error" not in picows \
+                and relay.get("server_cpu_s_per_message") and picows.get("server_cpu_s_per_message"):
+            cpu_ratio = picows["server_cpu_s_per_message"] / relay["server_cpu_s_per_message"]
+        row += [format_ratio(stats), _fmt(cpu_ratio, 1, 2), spread_verdict(stats, 1.0)]
+        rows.append(row)
+    if rows:
+        print_table("Sweep 1 -> 4, relay vs picows, every power of two (msg/s sent by the master; MB/s delivered to "
+                    "all slaves; cpu us per delivered message = server CPU / (messages x 4); relay/picows msg/s: "
+                    "median (min..max) over rounds; cpu picows/relay of the median rounds)",
+                    ["size", "relay msg/s", "relay MB/s", "relay cpu us", "picows msg/s", "picows MB/s",
+                     "picows cpu us", "relay/picows", "cpu p/r", "verdict"], rows)
+    return rows
+
+
+def load_reference(path: Path = REFERENCE_RUN) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stamping_cost(cases: list, ratios: dict, reference: dict | None) -> list:
+    """relay/picows now against the same ratio in the reference run, made before the relay stamped a
+    sender on every envelope (a third iovec per message): the factor between the two medians, bounded
+    by both runs' spreads.  Ratios, not absolute figures: the machine's load differs between runs."""
+    if not reference:
+        return []
+    ref_cases = {c["key"]: c for c in reference.get("settings", {}).get("cases", [])}
+    rows = []
+    for case in cases:
+        if case.workload != "fanout" or case.key not in ref_cases:
+            continue
+        runs = reference["samples"].get(case.key, {})
+        if "relay" not in runs or "picows" not in runs:
+            continue
+        figure = lambda samples: [s.get("messages_per_s") if "error" not in s else None for s in samples]  # noqa: E731
+        before = ratio_stats(paired_ratios(figure(runs["relay"]), figure(runs["picows"])))
+        now = ratios.get(case.key, {}).get("picows")
+        factor = compare_ratios(now, before)
+        if factor is None:
+            continue
+        rows.append({"case": case.key, "label": case.label, "now": now, "reference": before, "factor": factor})
+    if rows:
+        print_table(f"Stamping's cost: relay/picows (msg/s) now vs the reference run of {REFERENCE_LABEL}; "
+                    "factor = now / then (below 1: relay lost ground to picows), range from both spreads",
+                    ["case", "now", "reference", "factor (range)", "verdict"],
+                    [[r["label"], format_ratio(r["now"]), format_ratio(r["reference"]),
+                      f"{r['factor']['median']:.2f} ({r['factor']['min']:.2f}..{r['factor']['max']:.2f})",
+                      "within spread" if r["factor"]["within_spread"]
+                      else ("slower" if r["factor"]["max"] < 1 else "faster")] for r in rows])
+    return rows
 
 
 # ---------------------------------------------------------------------------------- main
@@ -533,14 +674,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks fanout", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="full (default, ~15 min): relay, picows, websockets, aiohttp, trio-websocket; fan-out 1 -> 1, 4, 16 at "
-               "1 KiB, 16 KiB, 50 KiB, 1 MiB, 5 MiB (3 rounds); mixed trace (8 s, 2 rounds); return path (3 rounds); "
-               "10,000 idle connections (1 round); late join (relay only, 3 rounds); iperf3 3 s (3 rounds).\n"
-               "--quick (~1 min): relay, picows, trio-websocket; fan-out 1 -> 4 at 1 KiB and 1 MiB (3 rounds); mixed "
-               "trace (2.5 s); return path; 500 idle connections; late join; iperf3 1 s: one round each.\n"
-               "Results: a table per workload, a ratio table, PASS/MISS per target, JSON and PNG plots under "
-               "benchmarks/results/.")
-    parser.add_argument("--quick", action="store_true", help="about a minute: the cases the targets need (see below)")
+        epilog="full (default, ~25 min): relay, picows, websockets, aiohttp, trio-websocket; fan-out 1 -> 1, 4, 16 at "
+               "1 KiB, 16 KiB, 50 KiB, 1 MiB, 5 MiB (5 rounds); mixed trace (8 s, 3 rounds); return path (3 rounds); "
+               "10,000 idle connections (1 round); late join (relay only, 3 rounds); the sweep; iperf3 3 s (3 rounds).\n"
+               "--quick (~2 min): relay, picows, trio-websocket; fan-out 1 -> 4 at 1 KiB and 1 MiB (5 rounds); mixed "
+               "trace (2.5 s, 3 rounds); return path (1); 500 idle connections (3); late join (1); iperf3 1 s (1).\n"
+               "--sweep (~5 min): 1 -> 4 at every power of two from 1 KiB to 16 MiB, relay and picows, 5 rounds.\n"
+               f"Ratios are taken round by round (at least {MIN_RATIO_ROUNDS} rounds for fan-out cases) and shown as "
+               "median (min..max); a verdict is PASS/MISS only when every round agrees, else 'within spread'.\n"
+               "First, missing peers (the bench extra, into a venv only) and iperf3 (Debian's, as root) are "
+               "installed: see python -m benchmarks setup --help; --no-install skips that.\n"
+               "Results: a table per workload, a ratio table, the sweep, stamping's cost against the reference run, "
+               "verdicts per target, JSON and PNG plots under benchmarks/results/.")
+    parser.add_argument("--quick", action="store_true", help="about 2 minutes: the cases the targets need (see below)")
+    parser.add_argument("--sweep", action="store_true", help="only the 1 KiB-16 MiB sweep, relay vs picows (see below)")
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not install missing peers or iperf3 (see python -m benchmarks setup)")
     parser.add_argument("--servers", default=None, help=f"comma-separated, from: {', '.join(SERVERS)}")
     parser.add_argument("--workloads", default=None,
                         help="comma-separated, from: fanout, mixed, return, idle, latejoin, iperf3 (default: all)")
@@ -548,9 +697,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="where to save the results (default: benchmarks/results/)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "full"
-    plan = dict(PLANS[mode])
-    servers = args.servers.split(",") if args.servers else plan["servers"]
+    if args.quick and args.sweep:
+        parser.error("--quick and --sweep are separate runs: choose one")
+    mode = "quick" if args.quick else "sweep" if args.sweep else "full"
+    plan = dict(SWEEP_PLAN) if args.sweep else dict(PLANS[mode])
+    default_servers = SWEEP_SERVERS if args.sweep else plan["servers"]
+    servers = args.servers.split(",") if args.servers else default_servers
     unknown = [name for name in servers if name not in SERVERS]
     if unknown:
         parser.error(f"unknown server(s): {', '.join(unknown)}")
@@ -563,6 +715,15 @@ def main(argv=None) -> int:
     if args.rounds:
         for case in cases:
             case.rounds = args.rounds
+            if case.workload in RATIO_WORKLOADS and case.rounds < MIN_RATIO_ROUNDS:
+                case.rounds = MIN_RATIO_ROUNDS
+        if args.rounds < MIN_RATIO_ROUNDS and any(c.workload in RATIO_WORKLOADS for c in cases):
+            print(f"note: fan-out cases keep {MIN_RATIO_ROUNDS} rounds: fewer cannot give a ratio a spread", flush=True)
+    if not args.no_install:
+        if not _setup.ensure_peers() and any(name not in ("relay", "iperf3") for c in cases for name in c.servers):
+            return 2
+        if any(c.workload == "iperf3" for c in cases):
+            _setup.ensure_iperf3()
     if shutil.which("iperf3") is None:
         print(f"note: {IPERF3_INSTALL_HINT}; the kernel's ceiling will be missing", flush=True)
     progress = Progress(cases)
@@ -577,8 +738,12 @@ def main(argv=None) -> int:
     if iperf3 and "error" in iperf3:
         print(f"\niperf3: {iperf3['error']}")
     report(cases, summary, servers, iperf3_bps)
-    ratios = ratio_table(cases, summary, servers, iperf3_bps)
-    verdicts = judge(summary, iperf3)
+    per_round = round_ratios(cases, samples)
+    ratios = ratio_table(cases, summary, servers, iperf3_bps, per_round)
+    sweep = sweep_table(cases, summary, per_round)
+    stamping = stamping_cost(cases, per_round, load_reference())
+    verdicts = judge(summary, iperf3, per_round)
+    print("\nThe machine is shared: compare ratios, and read 'within spread' as 'this run cannot tell'.")
     machine = machine_description(PEER_PACKAGES)
     machine["relay_server_implementation"] = "; ".join(sorted(RELAY_IMPLEMENTATIONS)) or None
     print(f"\nrelay server: {machine['relay_server_implementation']}")
@@ -591,6 +756,9 @@ def main(argv=None) -> int:
         "summary": summary,
         "samples": samples,
         "ratios": {"headers": ["case"] + [f"vs {p}" for p in servers if p != "relay"], "rows": ratios},
+        "round_ratios": per_round,
+        "sweep": sweep,
+        "stamping_cost": {"reference": str(REFERENCE_RUN.relative_to(ROOT)), "cases": stamping},
         "targets": verdicts,
     }, args.json)
     print(f"\nran {_mmss(runtime)}; saved {path}")

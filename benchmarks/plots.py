@@ -102,8 +102,45 @@ def latency_cdf(summary, cases, servers, machine, path: Path) -> Path | None:
     return path
 
 
+def sweep(summary, cases, servers, iperf3_bps, machine, path: Path) -> Path | None:
+    """The 1 -> 4 sweep: MB/s delivered and server CPU per delivered message, by size."""
+    keyed = sorted((c.options["size"], c.key, c.options["slaves"]) for c in cases if c.workload == "sweep")
+    if not keyed:
+        return None
+    fig, (rate, cpu) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for name in servers:
+        points = [(size, summary[key][name], slaves) for size, key, slaves in keyed if _good(summary[key].get(name))]
+        if not points:
+            continue
+        style = dict(marker="o", label=name, color=COLORS.get(name), linewidth=2.5 if name == "relay" else 1.5)
+        rate.plot([p[0] for p in points], [p[1]["delivered_bytes_per_s"] / 1e6 for p in points], **style)
+        cpu_points = [(p[0], p[1]["server_cpu_s_per_message"] / p[2] * 1e6) for p in points
+                      if p[1].get("server_cpu_s_per_message")]
+        cpu.plot([p[0] for p in cpu_points], [p[1] for p in cpu_points], **style)
+    if iperf3_bps:
+        rate.axhline(iperf3_bps / 1e6, color="black", linestyle="--", linewidth=1, label="iperf3 1 stream")
+    for ax, title, label in ((rate, "MB/s delivered to 4 slaves (median round)", "MB/s"),
+                             (cpu, "server CPU per delivered message", "CPU us per message per slave")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([size for size, _key, _s in keyed][::2])
+        ax.set_xticklabels([format_size(size) for size, _key, _s in keyed][::2], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("message size")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Fan-out 1 -> 4 sweep, 1 KiB to 16 MiB (same run, servers interleaved)")
+    fig.text(0.01, 0.01, _machine_line(machine), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(summary, cases, servers, iperf3_bps, machine, stem: Path) -> list:
     stem = Path(stem)
     made = [throughput_by_size(summary, cases, servers, iperf3_bps, machine, Path(f"{stem}-throughput.png")),
-            latency_cdf(summary, cases, servers, machine, Path(f"{stem}-latency-cdf.png"))]
+            latency_cdf(summary, cases, servers, machine, Path(f"{stem}-latency-cdf.png")),
+            sweep(summary, cases, servers, iperf3_bps, machine, Path(f"{stem}-sweep.png"))]
     return [p for p in made if p is not None]

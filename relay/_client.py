@@ -35,7 +35,7 @@ from relay._accel import (
 from relay._closecodes import CloseCode
 from relay._config import DEFAULT_MAX_MESSAGE_BYTES
 from relay._errors import EnvelopeError, RelayError
-from relay._netio import Broken, Yielder, close_socket, recv, send_all, send_buffers
+from relay._netio import Broken, Yielder, close_socket, recv, recv_into, send_all, send_buffers
 
 __all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError"]
 
@@ -172,15 +172,18 @@ class Client:
         await self._json("DELETE", f"/cobrowse/sessions/{session_id}?{urlencode({'token': master_token})}")
 
     async def connect(self, session_id: str, token: str, *, after: Optional[int] = None, epoch: Optional[int] = None,
-                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> "ClientConnection":
-        """Open the session's WebSocket with a role token (``after`` resumes after that seq)."""
+                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decode: bool = True) -> "ClientConnection":
+        """Open the session's WebSocket with a role token (``after`` resumes after that seq).
+
+        ``decode=False``: see ``ClientConnection.open``."""
         query = {"token": token}
         if after is not None:
             query["after"] = str(after)
         if epoch is not None:
             query["epoch"] = str(epoch)
         return await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
-                                           headers=self._headers(), max_message_bytes=max_message_bytes)
+                                           headers=self._headers(), max_message_bytes=max_message_bytes,
+                                           decode=decode)
 
 
 def parse_delivered(payload) -> Envelope:
@@ -213,6 +216,8 @@ class ClientConnection:
         self.close_reason = ""
         self.closed = False
         self._send_lock = trio.Lock()
+        #: With ``open(..., decode=False)``: the bytes that came with the handshake response, unparsed.
+        self.unread = b""
         if leftover:
             # Frames that arrived with the 101 response must be read now: receive_frame only asks
             # the decoder for events after the next recv, which may never come.
@@ -225,7 +230,13 @@ class ClientConnection:
 
     @classmethod
     async def open(cls, host: str, port: int, target: str, *, headers: Iterable[tuple[str, str]] = (),
-                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> "ClientConnection":
+                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decode: bool = True) -> "ClientConnection":
+        """Open a WebSocket on ``target`` (a path and query) with the extra request ``headers``.
+
+        ``decode=False`` is for a caller that parses the server's frames itself from ``sock`` (a load
+        generator skimming large messages): the bytes that came with the 101 response are left in
+        ``unread`` instead of going to the frame decoder, and the ``receive*`` methods must not be used.
+        """
         import base64
         import os
 
@@ -247,7 +258,11 @@ class ClientConnection:
                 break
             if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
                 leftover, _closed = conn.trailing_data
-                return cls(sock, bytes(leftover), max_message_bytes)
+                if decode:
+                    return cls(sock, bytes(leftover), max_message_bytes)
+                connection = cls(sock, b"", max_message_bytes)
+                connection.unread = bytes(leftover)
+                return connection
             body = b""
             if isinstance(event, h11.Response):
                 while True:
@@ -320,6 +335,44 @@ class ClientConnection:
                 if event is None:
                     break
                 self.pending.append(event)
+
+    async def receive_batch(self) -> list:
+        """The payloads of every data message that one read completes: possibly none, never waiting
+        for a second read.  For receivers that must keep up with a server (a load generator): the
+        socket reads straight into the frame decoder's buffer, and the payloads are not parsed as
+        envelopes (``parse_delivered`` does that).  Pings are answered and pongs dropped on the way;
+        a close frame or a lost connection raises ``ConnectionClosed`` as ``receive_frame`` does."""
+        payloads = []
+        if not self.pending:
+            if self.close_code is not None or self.closed:
+                raise ConnectionClosed(self.close_code if self.close_code is not None else 1006, self.close_reason)
+            decoder = self.decoder
+            try:
+                n = await recv_into(self.sock, decoder.get_buffer(), self.yielder)
+            except Broken:
+                n = 0
+            if n == 0:
+                self.closed = True
+                self.close_code = self.close_code if self.close_code is not None else 1006
+                raise ConnectionClosed(self.close_code, "connection lost")
+            decoder.buffer_updated(n)
+            while (event := decoder.next_event()) is not None:
+                self.pending.append(event)
+            await self.yielder.account(n)
+        events, self.pending = self.pending, []
+        for index, (opcode, payload) in enumerate(events):
+            if opcode == OP_CLOSE:
+                # The close and what follows it go back, for receive_frame to handle as always.
+                self.pending = events[index:]
+                if payloads:
+                    return payloads
+                await self.receive_frame()  # raises ConnectionClosed
+                raise AssertionError("receive_frame returned at a close frame")
+            if opcode == OP_PING:
+                await self.send_raw(encode_client_frame(OP_PONG, payload))
+            elif opcode != OP_PONG:
+                payloads.append(payload)
+        return payloads
 
     async def receive(self) -> Envelope:
         """The next envelope from the relay."""
