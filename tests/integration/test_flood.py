@@ -16,7 +16,6 @@ import pytest
 import trio
 
 import flood
-import relay
 
 pytestmark = pytest.mark.slow
 
@@ -25,43 +24,8 @@ SECONDS = 3.0
 SCENARIO_TIMEOUT_S = SECONDS + flood.POST_ANSWER_TIMEOUT_S + 30
 
 
-# Defects of relay/ these scenarios find on this base (see docs/memory.md, "Known failures").  Strict:
-# the fix makes the test pass, and XPASS then fails the run until its entry here is removed.
-PURE = not relay.fastpath_active()
-WS_YIELD = "the WebSocket reader yields per MiB read, not per message: tiny messages freeze the loop for seconds"
-POST_FREEZE = "a long-poll POST is routed without yielding (Hardening 2; fixed after the _server.py refactor)"
-PINNED = "a queued message keeps its whole received buffer alive but counts only its envelope's bytes"
-KNOWN_DEFECTS = {
-    "ws-slave-pointer": WS_YIELD,
-    "ws-master-mutation": WS_YIELD,
-    "ws-slave-chat-fat-sender": PINNED + " (a forged fourth element)",
-    "poll-slave-pointer": POST_FREEZE,
-    "poll-master-mutation": POST_FREEZE,
-    "poll-slave-chat-padded": PINNED + " (the whole POST body)",
-}
-PURE_DEFECTS = {  # the pure twin is slower per frame: these pass the bound on the Cython twin (0.2-0.7 s)
-    "ws-slave-chat": WS_YIELD,
-    "ws-master-chat": WS_YIELD,
-    "ws-slave-refused": WS_YIELD,
-    "ws-master-unknown": WS_YIELD,
-}
 
-
-# On the Cython twin these two are near the bound (p99 0.4-2.2 s in runs on a loaded 2-core VM): the
-# same defect, not strict there so that the load of the machine does not decide the run.
-BORDERLINE_ON_CYTHON = {"ws-slave-chat", "ws-master-chat"}
-
-
-def _marked(name: str):
-    reason = KNOWN_DEFECTS.get(name) or (PURE_DEFECTS.get(name) if PURE else None)
-    if reason:
-        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-    if name in BORDERLINE_ON_CYTHON:
-        return pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=PURE_DEFECTS[name] + " (borderline)"))
-    return name
-
-
-@pytest.mark.parametrize("name", [_marked(scenario.name) for scenario in flood.SCENARIOS])
+@pytest.mark.parametrize("name", [scenario.name for scenario in flood.SCENARIOS])
 async def test_flood_stays_within_budget_and_the_node_keeps_serving(name):
     with trio.fail_after(SCENARIO_TIMEOUT_S):
         report = await flood.run_scenario(flood.SCENARIOS_BY_NAME[name], SECONDS)
