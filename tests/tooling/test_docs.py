@@ -29,3 +29,21 @@ def test_docs_named_in_the_readme_exist():
     readme = (ROOT / "README.md").read_text()
     for doc in ("docs/architecture.md", "docs/protocol.md", "docs/configuration.md", "benchmarks/README.md"):
         assert doc in readme and (ROOT / doc).exists(), doc
+
+
+def test_no_file_carries_merge_conflict_markers():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    marked = []
+    for name in tracked:
+        path = ROOT / name
+        if not path.is_file() or path.suffix in (".png", ".so", ".json"):
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            continue
+        marked += [f"{name}:{i}" for i, line in enumerate(lines, 1)
+                   if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
+    assert marked == []
