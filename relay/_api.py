@@ -24,7 +24,7 @@ from relay._routes import STATIC_FILES, Request, Response
 from relay._session import Role, Session
 from relay._tickets import TicketAuthorizer
 
-__all__ = ["ApiContext", "Api", "session_or_404", "authenticate", "resume_params"]
+__all__ = ["ApiContext", "Api", "session_or_404", "authenticate", "allow_connection", "resume_params"]
 
 API_BODY_BYTES = 64 * 1024  # JSON bodies of create/join
 CORS_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
@@ -52,6 +52,14 @@ def session_or_404(host: SessionHost, session_id: str) -> Session:
     if session is None:
         raise HTTPError(404, "unknown-session", "no such session (unknown or ended)")
     return session
+
+
+def allow_connection(session: Session, role, record, now: float) -> None:
+    """HTTPError 429 with Retry-After when this participant reconnects too often (a reconnect storm)."""
+    wait_s = session.allow_connection(role, record, now)
+    if wait_s is not None:
+        raise HTTPError(429, "too-many-reconnects", "this participant reconnects too often; wait and retry",
+                        [("retry-after", str(int(wait_s + 0.999)))])
 
 
 def authenticate(session: Session, token: Optional[str]) -> tuple:

@@ -17,7 +17,7 @@ from typing import Optional
 import trio
 
 from relay._accel import next_envelope
-from relay._api import ApiContext, authenticate, resume_params, session_or_404
+from relay._api import ApiContext, allow_connection, authenticate, resume_params, session_or_404
 from relay._endpoint import deliver_envelope
 from relay._errors import EnvelopeError, FloodError, HTTPError
 from relay._routes import Request, Response
@@ -88,6 +88,7 @@ class LongPollTransport:
             if after is None or after >= current.last_seq_sent or role is Role.MASTER:
                 current.last_seen = now
                 return current
+        allow_connection(session, role, record, now)
         peer = Peer(role, transport="poll", limit=self.config.slave_queue_bytes)
         waiter = peer.poll_event = _Waiter()
         peer.wakeup = waiter.wake

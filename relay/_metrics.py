@@ -29,6 +29,7 @@ SESSION_STATS = {
     "history_cut": "Histories cut at history_hard_limit_bytes (late joiners wait for a snapshot)",
     "refusals_dropped": "Error answers to refused envelopes dropped because the sender's queue was full",
     "flood_closed": "Clients closed (1008, or 429 on long-poll) for sending too many refused envelopes",
+    "reconnects_refused": "Connections refused (429) because their participant reconnected too often",
 }
 
 

@@ -36,6 +36,7 @@ import msgpack
 from relay._accel import envelope_frame_header, sender_tail
 from relay._closecodes import CloseCode
 from relay._config import Config
+from relay._buckets import TokenBucket
 from relay._outbox import MESSAGE_OVERHEAD_BYTES, Outbox
 
 __all__ = [
@@ -58,6 +59,13 @@ TO_MASTER_WRITE_MODE = frozenset({"control"})
 # client past that is closed (1008): refusals cost the relay an answer each, so they are rationed.
 REFUSAL_BURST = 64
 REFUSALS_PER_S = 8.0
+
+# Every connection of a participant is announced (presence) and replays its catch-up: a client that
+# reconnects in a loop would flood everyone's queue and the history.  Reloads, failovers and flaky
+# networks reconnect at once, and must never be refused; a loop past RECONNECT_BURST at once and
+# RECONNECTS_PER_S after is (HTTP 429 with Retry-After).  The burst costs the others about 1 KiB each.
+RECONNECT_BURST = 500
+RECONNECTS_PER_S = 2.0
 
 SLAVE_ID_BYTES = 8
 TOKEN_BYTES = 32  # 256-bit role tokens
@@ -130,7 +138,7 @@ class Peer(Outbox):
     """
 
     __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event",
-                 "refusal_tokens", "refusals_counted_at")
+                 "refusals")
 
     def __init__(self, role: Role, *, transport: str, limit: int, connection_id: str = "") -> None:
         super().__init__(limit)
@@ -141,25 +149,18 @@ class Peer(Outbox):
         self.connection_id = connection_id
         self.last_seen = 0.0
         self.poll_event = None  # long-poll only: wakes the GET that waits for this peer
-        self.refusal_tokens = float(REFUSAL_BURST)
-        self.refusals_counted_at: Optional[float] = None
+        self.refusals = TokenBucket(REFUSAL_BURST, REFUSALS_PER_S)
 
     def allow_refusal(self, now: float) -> bool:
         """Take one refusal from this client's allowance (a token bucket); False when it is spent."""
-        if self.refusals_counted_at is not None:
-            refill = (now - self.refusals_counted_at) * REFUSALS_PER_S
-            self.refusal_tokens = min(float(REFUSAL_BURST), self.refusal_tokens + refill)
-        self.refusals_counted_at = now
-        if self.refusal_tokens < 1.0:
-            return False
-        self.refusal_tokens -= 1.0
-        return True
+        return self.refusals.take(now)
 
 
 class SlaveRecord:
     """A slave that joined: its token and mode outlive any one connection."""
 
-    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail", "idle_since", "admitted", "joined_at")
+    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail", "idle_since", "admitted", "joined_at",
+                 "connects")
 
     def __init__(self, slave_id: str, token: str, agent_id: Optional[str], now: float = 0.0, *,
                  admitted: bool = True) -> None:
@@ -170,6 +171,7 @@ class SlaveRecord:
         self.idle_since: Optional[float] = now  # not connected since (None while it is)
         self.admitted = admitted  # False: waiting for the master (join_policy "approve")
         self.joined_at = now
+        self.connects = TokenBucket(RECONNECT_BURST, RECONNECTS_PER_S)
         self.mode = "pointer"
         self.peer: Optional[Peer] = None
 
@@ -204,6 +206,7 @@ class Session:
         self.messages_out = 0  # messages queued to receivers, one per receiver
         self.bytes_out = 0
         self._slave_peers: list = []  # the connected slaves' peers, in join order: the fan-out list
+        self._master_connects = TokenBucket(RECONNECT_BURST, RECONNECTS_PER_S)
 
     # ------------------------------------------------------------------ membership
 
@@ -366,6 +369,14 @@ class Session:
             self._slave_peers.remove(peer)
             if not self.ended:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
+
+    def allow_connection(self, role: Role, record: Optional[SlaveRecord], now: float) -> Optional[float]:
+        """None when this participant may connect (again) now, else the seconds to wait (HTTP 429)."""
+        bucket = self._master_connects if role is Role.MASTER else record.connects
+        if bucket.take(now):
+            return None
+        self.stats["reconnects_refused"] += 1
+        return max(1.0, bucket.retry_after_s())
 
     def current_peer(self, role: Role, record: Optional[SlaveRecord]) -> Optional[Peer]:
         """The connection (either transport) that a token of this role has now, if any."""

@@ -11,7 +11,7 @@ import logging
 
 import trio
 
-from relay._api import ApiContext, authenticate, resume_params, session_or_404
+from relay._api import ApiContext, allow_connection, authenticate, resume_params, session_or_404
 from relay._endpoint import SessionSocketHandler
 from relay._errors import HTTPError
 from relay._handshake import accept_headers, is_upgrade_request
@@ -42,6 +42,7 @@ class WebSocketAttach:
         role, record = authenticate(session, request.query.get("token"))
         after, epoch = resume_params(request.query)
         headers = accept_headers(request.head)
+        allow_connection(session, role, record, trio.current_time())  # a reconnect storm gets 429
         context = self.context
         config = context.config
         connection_id = request.connection_id

@@ -10,7 +10,7 @@ import trio
 
 from relay._accel import OP_BINARY, build_envelope, encode_client_frame
 from relay._session import REFUSAL_BURST
-from helpers import expect_close, new_session, pack, recv_until, running_relay
+from helpers import HTTPStatusError, expect_close, new_session, pack, recv_until, running_relay
 
 FLOOD = 10_000
 
@@ -58,3 +58,32 @@ async def test_a_long_poll_post_of_refused_envelopes_gets_429_and_the_client_is_
             unpacker = msgpack.Unpacker(raw=False)
             unpacker.feed(answer)
             assert status == 200 and next(unpacker)[0] == "hello"
+
+
+async def test_a_reconnect_storm_is_refused_with_429_and_others_are_not_flooded(monkeypatch):
+    import relay._session
+
+    RECONNECT_BURST = 20  # smaller than the node's 500, for a short test; the rule is the same
+    monkeypatch.setattr(relay._session, "RECONNECT_BURST", RECONNECT_BURST)
+    monkeypatch.setattr(relay._session, "RECONNECTS_PER_S", 0.5)
+    with trio.fail_after(30):
+        async with running_relay() as (server, listening, client):
+            created, (storm, calm) = await new_session(client, slaves=2)
+            sid = created["session"]
+            bystander = await client.connect(sid, calm["slave_token"])
+            refused = 0
+            for _ in range(RECONNECT_BURST + 20):
+                try:
+                    conn = await client.connect(sid, storm["slave_token"])
+                except HTTPStatusError as error:
+                    assert error.status == 429 and dict(error.headers).get("retry-after")
+                    refused += 1
+                    continue
+                await conn.close()
+            assert refused >= 19  # the burst, then about one every two seconds
+            presence = server.host.sessions[sid].published["presence"]
+            assert presence <= 2 * (RECONNECT_BURST + 2) + 2  # joined/left per accepted connection, not per try
+            # the long-poll transport refuses the same way
+            status, headers, _body = await client.request("GET", f"/cobrowse/poll/{sid}?token={storm['slave_token']}")
+            assert status == 429 and dict(headers).get("retry-after")
+            await bystander.close()
