@@ -226,10 +226,52 @@ def bench_envelopes(settings) -> list[dict]:
     return rows
 
 
+STAMP_BODY_SIZES = (200, 2 * KIB, 50 * KIB)  # SPEC 4's mutations: 200 B to 50 KB
+
+
+def bench_stamping(settings) -> list[dict]:
+    """What the sender stamp costs on the wire path: one ``sendmsg`` of head + body + tail (relay,
+    stamped) against head + body (the same frame without its fourth element), to a socketpair
+    that is drained in the same call.  The stamp's header bytes are built with the rest of the
+    header (one call either way), so the send is the only place it could cost."""
+    import socket
+
+    twin = fast_twin or pure_twin
+    rows = []
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+    drain = bytearray(1 * MIB)
+    try:
+        for size in STAMP_BODY_SIZES:
+            body = memoryview(msgpack.packb(b"m" * (size - 5)))
+            stamped = [twin.envelope_frame_header("mutation", SEQ, len(body), MASTER_TAIL), body, MASTER_TAIL]
+            envelope_head = twin.envelope_header("mutation", SEQ)
+            unstamped = [twin.frame_header(twin.OP_BINARY, len(envelope_head) + len(body)) + envelope_head, body]
+
+            def send(buffers):
+                sent = sender.sendmsg(buffers)
+                got = 0
+                while got < sent:
+                    got += receiver.recv_into(drain)
+                return sent
+
+            candidates = {
+                "relay sendmsg head+body+stamp": ("relay", lambda b=stamped: send(b),
+                                                  lambda sent, n=sum(len(x) for x in stamped): sent == n),
+                "sendmsg head+body (no stamp)": ("peer", lambda b=unstamped: send(b),
+                                                 lambda sent, n=sum(len(x) for x in unstamped): sent == n),
+            }
+            rows += _rows("stamp: send", format_size(size), size, candidates, settings)
+    finally:
+        sender.close()
+        receiver.close()
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
-    """All rows: cookies, tokens, envelopes (each candidate checked before it is timed)."""
+    """All rows: cookies, tokens, envelopes, stamping (each candidate checked before it is timed)."""
     settings = QUICK_SETTINGS if quick else FULL_SETTINGS
-    return bench_cookies(settings) + bench_tokens(settings) + bench_envelopes(settings)
+    return bench_cookies(settings) + bench_tokens(settings) + bench_envelopes(settings) + bench_stamping(settings)
 
 
 def _print(rows: list[dict]) -> None:
