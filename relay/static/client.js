@@ -462,6 +462,7 @@
     1008: 'policy violation',
     4001: 'replaced by a newer connection with the same token',
     4002: 'the session ended',
+    4403: 'the master did not let this agent in',
   };
   // HTTP statuses after which reconnecting cannot help (unknown session, bad token, origin).
   const FINAL_STATUSES = {400: true, 403: true, 404: true};
@@ -475,6 +476,10 @@
    * did not stamp it), 'error' (RelayError: relay error envelopes and client failures),
    * 'mode' (mode: this slave's mode changed), 'state' (state, transport), 'open' (transport),
    * 'disconnect' ({code, reason, retryInMs}), 'close' ({code, reason}: final, no reconnect).
+   * Consent (join_policy "approve"): a master gets 'join-request' ({slave, agent}: answer with
+   * admit(slave, allow); also for the requests its hello lists as pending) and 'join-withdrawn';
+   * a slave has .admitted (false while it waits) and gets 'admitted' once the master let it in;
+   * a refused slave is closed with 4403 ('close', final).
    */
   class Connection {
     constructor(params, options) {
@@ -485,6 +490,7 @@
       this.slave = params.slave || null;
       this.agent = typeof params.agent === 'string' ? params.agent : null; // a slave's own agent id
       this.mode = params.mode || null;
+      this.admitted = null; // a slave: false while the master has not let it in (join_policy "approve")
       // slave id -> {slave, agent, mode} of the slaves connected now, as hello and presence tell:
       // complete for the master (its hello lists them); a slave learns the others from presence.
       this.participants = new Map();
@@ -559,6 +565,9 @@
 
     /** Master: grant ('write') or revoke ('pointer') write mode for a slave. */
     setMode(slave, mode) { return this.send('mode', {slave: slave, mode: mode}); }
+
+    /** The master's answer to a 'join-request': let that slave see the session, or refuse it (4403). */
+    admit(slave, allow) { return this.send('admit', {slave: String(slave), admit: !!allow}); }
 
     /** Leave for good.  The session goes on (a master may come back within the grace time). */
     close() {
@@ -776,12 +785,15 @@
       if (FINAL_STATUSES[status]) {
         this._emit('error', error);
         this._finish(4000 + status, error.message);
-      } else if (status === 410 && /replaced/.test(error.message)) {
-        // 410 does not carry the close code; "replaced" is the one that must not reconnect
-        // (two tabs with one token would take the session from each other for ever).
-        this._finish(4001, error.message);
+      } else if (status === 410) {
+        // The relay closed this client: its 410 carries the WebSocket close code it would have had, so
+        // the same codes are final on both transports (4001: two tabs with one token would take the
+        // session from each other for ever; 4403: the master refused this agent).
+        const code = typeof payload.close_code === 'number' ? payload.close_code : (/replaced/.test(error.message) ? 4001 : 1001);
+        if (FINAL_CLOSE_CODES[code]) this._finish(code, error.message);
+        else this._lost(code, error.message);
       } else {
-        this._lost(status === 410 ? 1001 : 1006, error.message);
+        this._lost(1006, error.message);
       }
     }
 
@@ -891,7 +903,15 @@
         // Only a resume continues our numbering; otherwise a fresh catch-up follows.
         if (body.catchup !== 'resume') this.lastSeq = null;
         this._helloParticipants(body);
+        const waited = this.admitted === false;
+        if (this.role === 'slave') this.admitted = body.admitted !== false;
         this._emit('hello', body);
+        if (waited && this.admitted) this._emit('admitted', body);
+        if (this.role === 'master' && Array.isArray(body.pending)) {
+          for (const item of body.pending) {
+            if (item && typeof item.slave === 'string') this._emit('join-request', {slave: item.slave, agent: item.agent});
+          }
+        }
         return;
       }
       if (kind === 'resync') {
@@ -924,6 +944,9 @@
       if (kind === 'presence') {
         if (this._notRelay(kind, sender)) return; // after the seq bookkeeping: it was in the stream
         this._notePresence(body);
+        if (body && (body.event === 'join-request' || body.event === 'join-withdrawn') && typeof body.slave === 'string') {
+          this._emit(body.event, {slave: body.slave, agent: typeof body.agent === 'string' ? body.agent : null});
+        }
         if (body && body.event === 'mode' && body.slave === this.slave && this.slave !== null) {
           this.mode = body.mode;
           this._emit('mode', body.mode);

@@ -1215,3 +1215,107 @@ def test_served_by_the_relay(relay_base, path, content_type):
         assert response.status == 200
         assert response.headers["content-type"].startswith(content_type)
         assert response.read() == (STATIC / path.rsplit("/", 1)[1]).read_bytes()
+
+
+# ---------------------------------------------------------------------------- consent (join_policy "approve")
+
+@pytest.fixture(scope="module")
+def approving_relay_base():
+    """A relay with the default join policy, "approve": slaves wait for the master."""
+    launcher = LAUNCHER.replace(', join_policy="open"', ', join_policy="approve"')
+    assert launcher != LAUNCHER
+    process = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line, f"the relay did not start (exit code {process.wait(timeout=10)})"
+        yield f"http://127.0.0.1:{json.loads(line)['port']}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+CONSENT_SCENARIO = r"""
+const R = require(process.argv[2]);
+const assert = require('assert');
+const options = {base: process.argv[3], backoffInitialMs: 20, backoffMaxMs: 100};
+if (process.argv[4] === 'poll') options.disableWebSockets = true;
+const until = (what, test) => new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error('never: ' + what)), 8000);
+  const poll = () => { const got = test(); if (got) { clearTimeout(timer); resolve(got); } else setTimeout(poll, 10); };
+  poll();
+});
+
+(async () => {
+  const master = await R.create(options);
+  const requests = [];
+  const withdrawn = [];
+  master.on('join-request', (request) => requests.push(request));
+  master.on('join-withdrawn', (request) => withdrawn.push(request));
+  await until('master hello', () => master.state === 'open');
+  master.send('snapshot', '<p>the page</p>');
+
+  const welcome = await R.join(Object.assign({session: master.session, agent: 'agent-ok'}, options));
+  const refused = await R.join(Object.assign({session: master.session, agent: 'agent-no'}, options));
+  assert.strictEqual(welcome.joined.admitted, false);
+  const seen = {welcome: [], refused: []};
+  let admittedEvents = 0;
+  welcome.on('message', (kind, seq, body) => seen.welcome.push([kind, body]));
+  refused.on('message', (kind, seq, body) => seen.refused.push([kind, body]));
+  welcome.on('admitted', () => { admittedEvents += 1; });
+  const closes = [];
+  refused.on('close', (info) => closes.push(info));
+  const disconnects = [];
+  refused.on('disconnect', (info) => disconnects.push(info));
+
+  await until('two join requests', () => requests.length === 2);
+  assert.deepStrictEqual(requests.map((r) => r.agent).sort(), ['agent-no', 'agent-ok']);
+  await until('both waiting', () => welcome.admitted === false && refused.admitted === false);
+  master.send('chat', {text: 'not for strangers'});
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.deepStrictEqual(seen.welcome, []);  // nothing of the session before the master says so
+  assert.deepStrictEqual(seen.refused, []);
+
+  master.admit(requests.find((r) => r.agent === 'agent-ok').slave, true);
+  master.admit(requests.find((r) => r.agent === 'agent-no').slave, false);
+  await until('the snapshot for the admitted slave', () => seen.welcome.some(([kind]) => kind === 'snapshot'));
+  assert.strictEqual(welcome.admitted, true);
+  assert.strictEqual(admittedEvents, 1);
+  assert.deepStrictEqual(seen.welcome.find(([kind]) => kind === 'snapshot')[1], '<p>the page</p>');
+  await until('the refused slave closed', () => closes.length === 1);
+  assert.strictEqual(closes[0].code, 4403);
+  assert.deepStrictEqual(seen.refused, []);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.strictEqual(refused.state, 'closed');  // final: no reconnect loop
+  assert.deepStrictEqual(disconnects, []);
+  await until('the master hears the refused one is gone', () => withdrawn.length === 1);
+  master.send('mutation', '<p>live</p>');
+  await until('live traffic for the admitted slave', () => seen.welcome.some(([kind, body]) => kind === 'mutation'));
+  console.log(JSON.stringify({ok: true, transport: welcome.transport}));
+  welcome.close();
+  master.close();
+  setTimeout(() => process.exit(0), 50);
+})().catch((error) => { console.error(error.stack || String(error)); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("mode, transport", [("ws", "websocket"), ("poll", "long-polling")])
+def test_client_js_asks_the_master_and_obeys_its_answer(tmp_path, approving_relay_base, mode, transport):
+    script = tmp_path / "consent.js"
+    script.write_text(CONSENT_SCENARIO)
+    result = subprocess.run([*node_with_websocket(), str(script), str(CLIENT_JS), approving_relay_base, mode],
+                            capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out == {"ok": True, "transport": transport}
+
+
+def test_the_demo_master_page_asks_the_person_and_never_admits_by_itself():
+    page = (ROOT / "relay" / "static" / "master.html").read_text()
+    script = page[page.index("<script>"):]
+    assert "conn.on('join-request'" in script
+    # the only admit call is the buttons' click handler
+    assert script.count(".admit(") == 1 and "button.onclick = () => { conn.admit(request.slave, allow)" in script
+    assert "textContent = (request.agent" in script  # the agent's name is shown as text, never as markup
+    slave = (ROOT / "relay" / "static" / "slave.html").read_text()
+    assert "waiting for the customer to let you in" in slave and "info.code === 4403" in slave
