@@ -204,6 +204,40 @@
       this.offset += count;
       return this.bytes.slice(start, start + count); // a copy: it must not pin a large receive buffer
     }
+
+    skip(count) {
+      this.need(count);
+      this.offset += count;
+    }
+  }
+
+  // Bytes after the tag of the fixed-size msgpack values (ints, floats, fixext with its type byte).
+  const FIXED_SIZES = {0xc0: 0, 0xc2: 0, 0xc3: 0, 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8,
+    0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8, 0xd4: 2, 0xd5: 3, 0xd6: 5, 0xd7: 9, 0xd8: 17};
+  // str8/16/32 and bin8/16/32: the width of their length; ext8/16/32 also have a type byte.
+  const SIZED = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4};
+  const EXT_SIZED = {0xc7: 1, 0xc8: 2, 0xc9: 4};
+
+  /** Step over one msgpack value without building it: no depth limit, no recursion (a body this
+   *  client cannot decode is skipped as one bad message, never a broken connection). */
+  function skipValue(reader) {
+    let pending = 1;
+    while (pending > 0) {
+      if (pending > reader.bytes.length - reader.offset) throw new DecodeError('truncated msgpack value');
+      pending -= 1;
+      reader.need(1);
+      const tag = reader.bytes[reader.offset++];
+      if (tag < 0x80 || tag >= 0xe0) continue;
+      if (tag < 0x90) { pending += 2 * (tag & 0x0f); continue; }
+      if (tag < 0xa0) { pending += tag & 0x0f; continue; }
+      if (tag < 0xc0) { reader.skip(tag & 0x1f); continue; }
+      if (tag in FIXED_SIZES) { reader.skip(FIXED_SIZES[tag]); continue; }
+      if (tag in SIZED) { reader.skip(readLength(reader, SIZED[tag])); continue; }
+      if (tag in EXT_SIZED) { reader.skip(readLength(reader, EXT_SIZED[tag]) + 1); continue; }
+      if (tag === 0xdc || tag === 0xdd) { pending += readLength(reader, tag === 0xdc ? 2 : 4); continue; }
+      if (tag === 0xde || tag === 0xdf) { pending += 2 * readLength(reader, tag === 0xde ? 2 : 4); continue; }
+      throw new DecodeError('reserved msgpack byte 0x' + tag.toString(16) + ' at byte ' + (reader.offset - 1));
+    }
   }
 
   function readUint64(reader, signed) {
@@ -380,6 +414,40 @@
 
   /** [{kind, seq, body, sender}, ...] of a long-poll body (envelopes back to back). */
   function decodeEnvelopes(data) { return decodeAll(data).map(toEnvelope); }
+
+  /** The envelopes of a WebSocket message or a long-poll body, each read on its own: the shape
+   *  (array, kind, seq, sender) must be right, but a body this client cannot decode (nested past
+   *  MAX_DEPTH, bad UTF-8, a 64-bit integer without BigInt...) gives {..., body: undefined,
+   *  bodyError} instead of failing the whole read.  DecodeError only for a broken shape. */
+  function readEnvelopes(data) {
+    const reader = new Reader(toBytes(data));
+    const envelopes = [];
+    while (reader.offset < reader.bytes.length) {
+      reader.need(1);
+      const tag = reader.bytes[reader.offset++];
+      const count = tag === 0x93 || tag === 0x94 ? tag & 0x0f
+        : tag === 0xdc ? readLength(reader, 2) : tag === 0xdd ? readLength(reader, 4) : -1;
+      if (count !== 3 && count !== 4) throw new DecodeError('an envelope is an array of 3 or 4 (kind, seq, body, sender)');
+      const kind = decodeValue(reader, 0);
+      const seq = decodeValue(reader, 0);
+      const start = reader.offset;
+      let body;
+      let bodyError = null;
+      try {
+        body = decodeValue(reader, 1);
+      } catch (error) {
+        if (!(error instanceof DecodeError)) throw error;
+        bodyError = error;
+        reader.offset = start;
+        skipValue(reader); // a truncated or reserved byte here is a broken envelope: DecodeError
+      }
+      const envelope = toEnvelope(count === 4 ? [kind, seq, null, decodeValue(reader, 0)] : [kind, seq, null]);
+      envelope.body = body;
+      if (bodyError) envelope.bodyError = bodyError;
+      envelopes.push(envelope);
+    }
+    return envelopes;
+  }
 
   // ---------------------------------------------------------------- participants
 
@@ -836,7 +904,7 @@
     _receive(data) {
       let envelopes;
       try {
-        envelopes = decodeEnvelopes(data);
+        envelopes = readEnvelopes(data);
       } catch (error) {
         this._protocolError('undecodable message from the relay: ' + error.message);
         return;
@@ -844,7 +912,7 @@
       const generation = this._generation;
       for (const envelope of envelopes) {
         if (generation !== this._generation) return; // a gap or a listener closed the connection
-        this._dispatch(envelope.kind, envelope.seq, envelope.body, envelope.sender);
+        this._dispatch(envelope.kind, envelope.seq, envelope.body, envelope.sender, envelope.bodyError);
       }
     }
 
@@ -891,10 +959,14 @@
       else if (event.event === 'left') this._depart(event.slave, typeof event.agent === 'string' ? event.agent : null);
     }
 
-    _dispatch(kind, seq, body, sender) {
+    _dispatch(kind, seq, body, sender, bodyError) {
       // hello, resync, presence and seq-0 errors are the relay's own: from anyone else, refused.
       const relayKind = kind === 'hello' || kind === 'resync' || (kind === 'error' && seq === 0);
       if (relayKind && this._notRelay(kind, sender)) return;
+      if (bodyError && (relayKind || kind === 'presence')) {
+        this._protocolError('undecodable ' + kind + ' from the relay: ' + bodyError.message);
+        return;
+      }
       if (kind === 'hello') {
         this.role = body.role;
         this.epoch = body.epoch;
@@ -952,6 +1024,13 @@
           this._emit('mode', body.mode);
         }
         this._emit('presence', body);
+        return;
+      }
+      if (bodyError) {
+        // One bad message: reported and skipped; its seq counts as seen, so a resume does not
+        // ask for it again (and again, until the next snapshot).
+        this._emit('error', new RelayError('bad-body', kind + ' #' + seq + ' from ' + this.nameOf(sender) +
+          ' could not be decoded (' + bodyError.message + '): skipped'));
         return;
       }
       this._emit('message', kind, seq, body, sender);

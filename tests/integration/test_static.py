@@ -1319,3 +1319,70 @@ def test_the_demo_master_page_asks_the_person_and_never_admits_by_itself():
     assert "textContent = (request.agent" in script  # the agent's name is shown as text, never as markup
     slave = (ROOT / "relay" / "static" / "slave.html").read_text()
     assert "waiting for the customer to let you in" in slave and "info.code === 4403" in slave
+
+
+# ---------------------------------------------------------------------------- a body client.js cannot decode
+
+DEEP_BODY_SCENARIO = r"""
+const R = require(process.argv[2]);
+const assert = require('assert');
+const base = process.argv[3];
+const options = {base: base, backoffInitialMs: 20, backoffMaxMs: 100};
+if (process.argv[4] === 'poll') options.disableWebSockets = true;
+const until = (what, test) => new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error('never: ' + what)), 8000);
+  const poll = () => { const got = test(); if (got) { clearTimeout(timer); resolve(got); } else setTimeout(poll, 10); };
+  poll();
+});
+// [kind, 0, body] with body given as raw msgpack bytes (client.js would refuse to build a 600-deep one).
+const raw = (kind, bodyBytes) => {
+  const head = R.msgpack.encode([kind, 0, null]);
+  const out = new Uint8Array(head.length - 1 + bodyBytes.length);
+  out.set(head.subarray(0, head.length - 1));
+  out.set(bodyBytes, head.length - 1);
+  return out;
+};
+
+(async () => {
+  const created = await (await fetch(base + '/cobrowse/sessions', {method: 'POST', body: '{}'})).json();
+  const master = new WebSocket(base.replace('http', 'ws') + '/cobrowse/ws/' + created.session + '?token=' + created.master_token);
+  master.binaryType = 'arraybuffer';
+  await new Promise((resolve, reject) => { master.onopen = resolve; master.onerror = reject; });
+  master.send(R.msgpack.encode(['snapshot', 0, '<p>page</p>']));
+
+  const slave = await R.join(Object.assign({session: created.session, agent: 'agent-1'}, options));
+  const seen = [];
+  const errors = [];
+  const disconnects = [];
+  slave.on('message', (kind, seq, body) => seen.push([kind, seq, body]));
+  slave.on('error', (error) => errors.push(error.code));
+  slave.on('disconnect', (info) => disconnects.push(info));
+  await until('the snapshot', () => seen.some(([kind]) => kind === 'snapshot'));
+
+  const deep = new Uint8Array(601);
+  deep.fill(0x91, 0, 600);  // [[[[...nil...]]]] nested 600 deep: valid msgpack, past client.js's MAX_DEPTH
+  deep[600] = 0xc0;
+  master.send(raw('chat', deep));
+  master.send(R.msgpack.encode(['mutation', 0, '<p>after</p>']));
+  await until('the mutation after the bad body', () => seen.some(([kind, , body]) => kind === 'mutation' && body === '<p>after</p>'));
+  assert.deepStrictEqual(errors, ['bad-body']);
+  assert.deepStrictEqual(disconnects, []);       // one bad message, not a broken connection
+  assert.ok(!seen.some(([kind]) => kind === 'chat'));
+  const chatSeq = seen.find(([kind]) => kind === 'mutation')[1] - 1;
+  assert.strictEqual(slave.lastSeq, chatSeq + 1); // the bad one's seq counted as seen: no resume loop
+  console.log(JSON.stringify({ok: true, transport: slave.transport}));
+  slave.close();
+  master.close();
+  setTimeout(() => process.exit(0), 50);
+})().catch((error) => { console.error(error.stack || String(error)); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("mode, transport", [("ws", "websocket"), ("poll", "long-polling")])
+def test_a_body_client_js_cannot_decode_is_one_skipped_message(tmp_path, relay_base, mode, transport):
+    script = tmp_path / "deep.js"
+    script.write_text(DEEP_BODY_SCENARIO)
+    result = subprocess.run([*node_with_websocket(), str(script), str(CLIENT_JS), relay_base, mode],
+                            capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"ok": True, "transport": transport}
