@@ -158,7 +158,7 @@ class Api:
             return {}
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested ~1000 deep in a small body
             raise HTTPError(400, "bad-json", "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise HTTPError(400, "bad-json", "the body must be a JSON object")

@@ -40,6 +40,7 @@ class HTTPConnection:
         self.yielder = Yielder()
         self.request: Optional[h11.Request] = None
         self.response_headers: list = []  # added to every response to the current request (CORS)
+        self.must_close = False  # the current request asks for the connection to end after its answer
 
     async def _receive_event(self):
         while True:
@@ -77,15 +78,34 @@ class HTTPConnection:
         except Broken:
             return None
         if isinstance(event, h11.Request):
+            self.request = event
+            self.response_headers = []
+            # RFC 9112 6.1: Content-Length with Transfer-Encoding may be a smuggling attempt; the
+            # server must close the connection after responding, whatever it answers.
+            self.must_close = self._has(b"transfer-encoding") and self._has(b"content-length")
             # h11 bounds only a head that is still incomplete: one that arrived whole in a single
             # read is parsed at any size, so the limit is checked again on the parsed head.
             if _head_size(event) > self.max_header_bytes:
                 await self.try_error(431, "header-too-large", "request head over the size limit")
                 return None
-            self.request = event
-            self.response_headers = []
             return event
         return None  # ConnectionClosed or anything else: the client is done
+
+    def _has(self, name: bytes) -> bool:
+        return any(key == name for key, _value in self.request.headers)
+
+    def _finish_bodiless_request(self) -> None:
+        """A request without a body (a GET, most often) is complete once its head is read, but h11
+        says so only when asked for its end: ask, so that the connection can be kept alive."""
+        if self.request is None or self.conn.their_state is not h11.SEND_BODY or self._has(b"transfer-encoding"):
+            return
+        length = self.header(b"content-length")
+        if length is not None and length.strip() != "0":
+            return
+        try:
+            self.conn.next_event()  # no I/O: the EndOfMessage is already there
+        except h11.RemoteProtocolError:
+            pass  # then their state stays unfinished and the answer closes the connection
 
     async def read_body(self, limit: int, timeout_s: float) -> bytes:
         """The whole request body; 413 past ``limit`` bytes (checked against Content-Length first)."""
@@ -132,8 +152,10 @@ class HTTPConnection:
         ]
         response_headers.extend((k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v)
                                 for k, v in itertools.chain(self.response_headers, headers))
-        if self.conn.their_state is not h11.DONE:
-            # We answer before reading the whole body (an error): do not try to reuse the connection.
+        self._finish_bodiless_request()
+        if self.conn.their_state is not h11.DONE or self.must_close:
+            # We answer before reading the whole body (an error), or the request was ambiguous
+            # (Content-Length with Transfer-Encoding): do not reuse the connection.
             response_headers.append((b"connection", b"close"))
         data = self.conn.send(h11.Response(status_code=status, headers=response_headers))
         if body and not (self.request is not None and self.request.method == b"HEAD"):  # HEAD: the head only

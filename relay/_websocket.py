@@ -114,9 +114,18 @@ class WebSocketConnection:
     def _arm_close_deadline(self) -> None:
         """Once a close is decided, the connection ends within CLOSE_HANDSHAKE_TIMEOUT_S even if
         the peer stopped reading (a writer blocked on a full socket would otherwise wait forever)."""
-        if not self._deadline_armed and self._nursery is not None:
-            self._deadline_armed = True
+        if self._deadline_armed or self._nursery is None:
+            return
+        if self._cancel_scope is not None and self._cancel_scope.cancel_called:
+            return  # the connection is already ending: nothing to wait for
+        self._deadline_armed = True
+        try:
             self._nursery.start_soon(self._close_deadline)
+        except RuntimeError:
+            # "Nursery is closed to new arrivals": this connection's tasks are done and it is ending
+            # by itself.  A newer connection of the same client closes this one while attaching
+            # (reconnect at once after a dropped TCP connection): that attach must never fail here.
+            pass
 
     async def _close_deadline(self) -> None:
         await trio.sleep(CLOSE_HANDSHAKE_TIMEOUT_S)

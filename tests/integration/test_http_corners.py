@@ -1,0 +1,67 @@
+"""HTTP corners found by an outside attack (issue "Hardening 2"), each on a raw socket."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from helpers import new_session, running_relay
+
+
+async def raw_exchange(port: int, request: bytes, *, until_answers: int, timeout_s: float = 5.0) -> bytes:
+    """Send ``request`` bytes on one connection; read until ``until_answers`` status lines or EOF."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = b""
+    try:
+        await stream.send_all(request)
+        with trio.move_on_after(timeout_s):
+            while received.count(b"HTTP/1.1 ") < until_answers:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        await stream.aclose()
+    return received
+
+
+async def test_pipelined_gets_are_all_answered_on_one_kept_alive_connection():
+    with trio.fail_after(30):
+        async with running_relay() as (server, listening, client):
+            count = 1000
+            request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * count
+            received = await raw_exchange(listening.public_port, request, until_answers=count)
+            assert received.count(b"HTTP/1.1 200 ") == count
+            assert b"connection: close" not in received.lower()
+
+
+async def test_a_long_poll_get_keeps_its_connection():
+    with trio.fail_after(30):
+        async with running_relay(poll_wait_s=0.05) as (server, listening, client):
+            created, (joined,) = await new_session(client, slaves=1)
+            target = f"/cobrowse/poll/{created['session']}?token={joined['slave_token']}".encode()
+            request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            received = await raw_exchange(listening.public_port, request * 3, until_answers=3)
+            assert received.count(b"HTTP/1.1 200 ") == 3
+            assert b"connection: close" not in received.lower()
+
+
+async def test_content_length_with_transfer_encoding_closes_after_the_answer():
+    with trio.fail_after(30):
+        async with running_relay() as (server, listening, client):
+            smuggled = (b"POST /cobrowse/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+                        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = await raw_exchange(listening.public_port, smuggled, until_answers=2, timeout_s=2.0)
+            assert received.count(b"HTTP/1.1 ") == 1, received  # the smuggled second request is not answered
+            assert b"connection: close" in received.lower()
+
+
+async def test_deeply_nested_json_is_a_bad_json_400():
+    with trio.fail_after(30):
+        async with running_relay() as (server, listening, client):
+            body = b"[" * 5000 + b"]" * 5000
+            status, _headers, answer = await client.request("POST", "/cobrowse/sessions", body)
+            assert status == 400 and json.loads(answer)["error"] == "bad-json"
+            assert (await client.request("GET", "/health"))[0] == 200
