@@ -29,6 +29,7 @@ from relay._config import (
     size_note,
 )
 from relay._logging import configure_logging, log_event
+from relay._fdlimit import raise_fd_limit
 from relay._malloc import tune_malloc
 from relay._ring import evenly_spaced_tokens
 
@@ -135,6 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     configure_logging(config.log_level, config.log_format)
     if config.tune_malloc:
         tune_malloc()
+    raise_fd_limit()  # every connection holds a descriptor; the node warns at start if it is still too low
     trio.run(_serve_until_signalled, config)
 
 

@@ -8,6 +8,7 @@ own whose socket is closed when it ends.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from typing import Awaitable, Callable, Optional
@@ -24,6 +25,10 @@ log = logging.getLogger("relay.server")
 
 LISTEN_BACKLOG = 1024  # connections the kernel holds for us between two accept bursts
 ACCEPT_BACKOFF_S = 0.1  # after a failed accept (EMFILE and friends): let connections close, do not spin
+ACCEPT_LOG_EVERY_S = 10.0  # at most one accept.failed line per this, with the count since the last
+# accept() errors that mean "no resources now" (trio's _highlevel_serve_listeners.py has the same list);
+# any other error concerns one connection only.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 OVERLOADED_BODY = b'{"error":"overloaded","message":"too many connections"}'
 OVERLOADED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
                        b"retry-after: 1\r\ncontent-length: " + str(len(OVERLOADED_BODY)).encode() + b"\r\n\r\n"
@@ -101,6 +106,7 @@ async def accept_loop(listener: socket.socket, handle: Callable[[socket.socket, 
 
     Returns once the listener is closed and every connection it accepted has ended.
     """
+    failures, logged_at = 0, -ACCEPT_LOG_EVERY_S
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
@@ -116,7 +122,16 @@ async def accept_loop(listener: socket.socket, handle: Callable[[socket.socket, 
                 except OSError as exc:
                     if listener.fileno() == -1:  # closed under us (shutdown)
                         return
-                    log_event(log, logging.WARNING, "accept.failed", error=str(exc))
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        continue  # that one connection failed (reset before accept...): take the next
+                    # Out of descriptors or memory: let connections close instead of spinning, and
+                    # say so once per ACCEPT_LOG_EVERY_S, not once per try.
+                    failures += 1
+                    now = trio.current_time()
+                    if now - logged_at >= ACCEPT_LOG_EVERY_S:
+                        log_event(log, logging.WARNING, "accept.failed", error=str(exc), failures=failures,
+                                  hint="raise the file descriptor limit (ulimit -n) or lower max_connections")
+                        logged_at, failures = now, 0
                     await trio.sleep(ACCEPT_BACKOFF_S)
                     break
                 sock.setblocking(False)

@@ -32,6 +32,7 @@ from relay._config import (
     Config,
 )
 from relay._errors import HTTPError
+from relay._fdlimit import fd_limit_warning
 from relay._handshake import accept_headers
 from relay._host import SessionHost
 from relay._http import HTTPConnection
@@ -119,6 +120,9 @@ class Server:
                 log_event(log, logging.INFO, "node.listening", node=config.node_name,
                           public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}",
                           implementation=implementation())
+                fd_warning = fd_limit_warning(config.max_connections)
+                if fd_warning is not None:
+                    log_event(log, logging.WARNING, "node.fd_limit_low", detail=fd_warning)
                 if SHADOWED_BUILD is not None:
                     log_event(log, logging.WARNING, "node.shadowed_build", compiled=SHADOWED_BUILD,
                               hint=SHADOWED_BUILD_HINT)
