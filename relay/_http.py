@@ -15,6 +15,7 @@ import h11
 import trio
 
 from relay._errors import HTTPError  # re-exported: the error responses this module sends
+from relay._logging import limit_log
 from relay._netio import Broken, Yielder, recv, send_all
 from relay._routes import json_body
 
@@ -32,6 +33,14 @@ def _head_size(request: h11.Request) -> int:
     return size
 
 
+def _peer_address(sock) -> Optional[str]:
+    try:
+        address = sock.getpeername()
+    except (OSError, AttributeError):
+        return None
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+
+
 class HTTPConnection:
     def __init__(self, sock: socket.socket, *, max_header_bytes: int) -> None:
         self.sock = sock
@@ -41,6 +50,7 @@ class HTTPConnection:
         self.request: Optional[h11.Request] = None
         self.response_headers: list = []  # added to every response to the current request (CORS)
         self.must_close = False  # the current request asks for the connection to end after its answer
+        self.peer = _peer_address(sock)  # for log lines of limits hit
 
     async def _receive_event(self):
         while True:
@@ -68,11 +78,14 @@ class HTTPConnection:
             with trio.fail_after(timeout_s):
                 event = await self._receive_event()
         except trio.TooSlowError:
+            limit_log.hit("handshake_timeout_s", status=408, peer=self.peer)
             await self.try_error(408, "timeout", "request head not received in time")
             return None
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             code = "header-too-large" if status == 431 else "bad-request"
+            if status == 431:
+                limit_log.hit("max_header_bytes", status=431, peer=self.peer)
             await self.try_error(status, code, str(exc) or "malformed HTTP request")
             return None
         except Broken:
@@ -86,6 +99,7 @@ class HTTPConnection:
             # h11 bounds only a head that is still incomplete: one that arrived whole in a single
             # read is parsed at any size, so the limit is checked again on the parsed head.
             if _head_size(event) > self.max_header_bytes:
+                limit_log.hit("max_header_bytes", status=431, peer=self.peer)
                 await self.try_error(431, "header-too-large", "request head over the size limit")
                 return None
             return event

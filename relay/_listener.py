@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Optional
 import trio
 
 from relay._config import parse_hostport
-from relay._logging import log_event
+from relay._logging import limit_log, log_event
 from relay._netio import Broken, close_socket
 
 __all__ = ["listen_socket", "Connections", "accept_loop", "LISTEN_BACKLOG"]
@@ -80,6 +80,7 @@ class Connections:
 
 
 def _refuse_overloaded(sock: socket.socket) -> None:
+    limit_log.hit("max_connections", status=503)
     try:
         sock.send(OVERLOADED_RESPONSE)
     except OSError:

@@ -76,3 +76,36 @@ def configure_logging(level: str, log_format: str = "text", stream=None) -> logg
     logger.setLevel(level.upper())
     logger.propagate = False
     return handler
+
+
+class LimitLog:
+    """``limit.hit`` log lines (SPEC 6: a line for every limit hit), at most ``per_second`` a second for
+    each limit, so that an attacker cannot flood the log with them; the lines held back are counted
+    and reported (``suppressed=N``) with the next line of that limit."""
+
+    def __init__(self, logger: logging.Logger, per_second: int = 5, clock=time.monotonic) -> None:
+        self._logger = logger
+        self._per_second = per_second
+        self._clock = clock
+        self._windows: dict = {}  # limit -> [window start, lines in it, suppressed since the last line]
+
+    def hit(self, limit: str, **fields) -> bool:
+        """Log one hit of ``limit`` unless its budget for this second is spent; whether it was logged."""
+        now = self._clock()
+        window = self._windows.get(limit)
+        if window is None or now - window[0] >= 1.0:
+            suppressed = window[2] if window is not None else 0
+            window = self._windows[limit] = [now, 0, suppressed]
+            if len(self._windows) > 1024:  # limits are a fixed set; never let the table grow
+                self._windows = {limit: window}
+        if window[1] >= self._per_second:
+            window[2] += 1
+            return False
+        window[1] += 1
+        suppressed, window[2] = window[2], 0
+        log_event(self._logger, logging.WARNING, "limit.hit", limit=limit,
+                  suppressed=suppressed or None, **fields)
+        return True
+
+
+limit_log = LimitLog(logging.getLogger("relay.limits"))

@@ -114,6 +114,8 @@ class LongPollTransport:
         batch = peer.take_batch(max_bytes=self.config.max_message_bytes)
         if not batch and peer.closing:
             session.detach(peer, trio.current_time())
+            if peer.close_code is not None:  # counted as a WebSocket close would be
+                self.context.metrics.closes.labels(str(int(peer.close_code))).inc()
             raise HTTPError(410, "closed", peer.close_reason or "this long-poll client was closed",
                             details={"close_code": peer.close_code})
         parts = []

@@ -37,7 +37,7 @@ from relay._handshake import accept_headers
 from relay._host import SessionHost
 from relay._http import HTTPConnection
 from relay._listener import Connections, accept_loop, listen_socket
-from relay._logging import log_event
+from relay._logging import limit_log, log_event
 from relay._longpoll import LongPollTransport
 from relay._metrics import Metrics
 from relay._netio import Broken, close_socket
@@ -51,6 +51,7 @@ __all__ = ["serve", "serve_echo", "Listening", "Server"]
 
 log = logging.getLogger("relay.server")
 
+LIMIT_STATUSES = frozenset({408, 413, 429, 503})  # answers that mean a limit was hit: logged (rate-limited)
 ECHO_QUEUE_MESSAGES = 4  # the echo outbox holds this many messages of the maximum size
 _connection_ids = itertools.count(1)
 
@@ -170,6 +171,8 @@ class Server:
                     upgraded = await self._dispatch(http, request, listener, connection_id)
                 except HTTPError as error:
                     self.metrics.handshake_failures.labels(error.code).inc()
+                    if error.status in LIMIT_STATUSES:
+                        limit_log.hit(error.code, status=error.status, peer=http.peer, conn=connection_id)
                     await http.respond_error(error)
                     upgraded = False
                 if upgraded or not http.reusable:

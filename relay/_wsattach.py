@@ -15,7 +15,7 @@ from relay._api import ApiContext, allow_connection, authenticate, resume_params
 from relay._endpoint import SessionSocketHandler
 from relay._errors import HTTPError
 from relay._handshake import accept_headers, is_upgrade_request
-from relay._logging import log_event
+from relay._logging import limit_log, log_event
 from relay._routes import Request, Upgrade
 from relay._closecodes import CloseCode
 from relay._session import Peer, Role, SessionEnded
@@ -24,6 +24,13 @@ from relay._websocket import WebSocketConnection
 __all__ = ["WebSocketAttach"]
 
 log = logging.getLogger("relay.server")
+# Close codes that mean a limit was hit, and the limit's name for the log line (SPEC 6).
+LIMIT_CLOSES = {
+    CloseCode.POLICY_VIOLATION: "refused envelopes (REFUSAL_BURST)",
+    CloseCode.MESSAGE_TOO_BIG: "max_message_bytes",
+    CloseCode.TRY_AGAIN_LATER: "slave_queue_bytes",
+    CloseCode.JOIN_REFUSED: "admission",
+}
 
 class WebSocketAttach:
     """The handler ``websocket`` of one node."""
@@ -69,10 +76,15 @@ class WebSocketAttach:
             try:
                 await connection.run()
             finally:
-                if connection.close_code is not None:
-                    context.metrics.closes.labels(str(connection.close_code)).inc()
+                # The session may have decided the close (1013, 1008, 4403...) and the connection ended
+                # (deadline, reset) before its close frame went out: the decision is the code.
+                code = connection.close_code if connection.close_code is not None else peer.close_code
+                reason = connection.close_reason or peer.close_reason or None
+                if code is not None:
+                    context.metrics.closes.labels(str(int(code))).inc()
+                    if code in LIMIT_CLOSES:
+                        limit_log.hit(LIMIT_CLOSES[code], close_code=int(code), session=session.id, conn=connection_id)
                 log_event(log, logging.INFO, "ws.closed", conn=connection_id, session=session.id, role=role.value,
-                          code=connection.close_code, peer_code=connection.peer_close_code,
-                          reason=connection.close_reason or None)
+                          code=code, peer_code=connection.peer_close_code, reason=reason)
 
         return Upgrade(headers, run)
