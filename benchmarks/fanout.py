@@ -43,7 +43,8 @@ IPERF3_INSTALL_HINT = "iperf3 not installed (Debian/Ubuntu: sudo apt-get install
 
 # name -> (command line after "python", how the load generator talks to it)
 SERVERS = {
-    "relay": (["-m", "relay", "serve", "--log-level", "warning", "--join-policy", "open", "--slave-queue-bytes", "67108864",
+    "relay": (["-m", "relay", "serve", "--log-level", "warning", "--join-policy", "open",
+               "--create-burst", "1000000", "--join-burst", "1000000", "--slave-queue-bytes", "67108864",
                "--backlog-bytes", "33554432", "--history-hard-limit-bytes", "67108864",
                "--max-slaves-per-session", "64", "--max-message-bytes", str(32 * 1024 * 1024)], "relay"),
     "picows": (["-m", "benchmarks.servers.picows_server"], "plain"),

@@ -70,6 +70,8 @@ class SocketlessHTTP(HTTPConnection):
         self.request = request
         self._body_events = list(body_events)
         self.responses: list = []
+        self.peer, self.peer_ip = "127.0.0.1:40000", "127.0.0.1"
+        self.must_close = False
 
     async def _receive_event(self):
         if self._body_events:

@@ -22,6 +22,7 @@ from relay._host import LimitReached, SessionHost
 from relay._metrics import CONTENT_TYPE_LATEST, Metrics
 from relay._routes import STATIC_FILES, Request, Response
 from relay._session import Role, Session
+from relay._ratelimit import ClientLimiter, TrustedProxies
 from relay._tickets import TicketAuthorizer
 
 __all__ = ["ApiContext", "Api", "session_or_404", "authenticate", "allow_connection", "resume_params"]
@@ -95,6 +96,10 @@ class Api:
         self.context = context
         self.config = context.config
         self.host = context.host
+        config = self.config
+        self._proxies = TrustedProxies(config.trusted_proxies)
+        self._creates = ClientLimiter(config.create_burst, config.create_rate_per_min / 60.0)
+        self._joins = ClientLimiter(config.join_burst, config.join_rate_per_min / 60.0)
         # join_policy "ticket": a ticket admits the agent it names, once (relay/_tickets.py)
         secret = self.config.ticket_secret() if self.config.join_policy == "ticket" else None
         self._tickets = TicketAuthorizer(secret) if secret is not None else None
@@ -164,7 +169,15 @@ class Api:
             raise HTTPError(400, "bad-json", "the body must be a JSON object")
         return data
 
+    def _rate_limit(self, limiter: ClientLimiter, request: Request, what: str) -> None:
+        client = self._proxies.client_of(request.peer_ip, request.header_values(b"x-forwarded-for"))
+        wait_s = limiter.allow(client, trio.current_time())
+        if wait_s is not None:
+            raise HTTPError(429, f"too-many-{what}", f"too many {what} from this client; retry later",
+                            [("retry-after", str(int(wait_s + 0.999)))])
+
     async def create_session(self, request: Request) -> Response:
+        self._rate_limit(self._creates, request, "creates")
         data = await self._read_json(request)
         chat = data.get("chat", False)
         if not isinstance(chat, bool):
@@ -178,6 +191,7 @@ class Api:
                              headers=[("set-cookie", self.context.cookie_header)])
 
     async def join_session(self, request: Request) -> Response:
+        self._rate_limit(self._joins, request, "joins")
         data = await self._read_json(request)
         session_id = request.params["session"]
         session = session_or_404(self.host, session_id)

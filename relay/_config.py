@@ -58,6 +58,11 @@ JOIN_POLICIES = ("approve", "ticket", "open")
 DEFAULT_ADMIT_TIMEOUT_S = 120.0  # a slave the master has not admitted by then is refused (4403)
 JOIN_TICKET_SECRET_ENV = "RELAY_JOIN_TICKET_SECRET"  # where the ticket secret may come from, besides the file
 MIN_TICKET_SECRET_BYTES = 16
+# Per client address (a call center behind one NAT creates and joins many: generous, not unbounded).
+DEFAULT_CREATE_BURST = 30
+DEFAULT_CREATE_RATE_PER_MIN = 60.0
+DEFAULT_JOIN_BURST = 60
+DEFAULT_JOIN_RATE_PER_MIN = 120.0
 DEFAULT_SESSION_IDLE_TIMEOUT_S = 3600.0
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 
@@ -196,6 +201,17 @@ class Config:
         cli_default=True)
     demo_pages: bool = setting(True, "serve the demo master/slave pages and client.js")
 
+    # Per-client limits on what anyone may ask (429 with Retry-After past them), by client address.
+    trusted_proxies: list = setting(
+        None, "comma-separated IPs or CIDRs of load balancers whose X-Forwarded-For is believed (none by "
+              "default: the TCP peer is the client)", factory=list)
+    create_burst: int = setting(DEFAULT_CREATE_BURST, "sessions one client may create at once", check="positive")
+    create_rate_per_min: float = setting(
+        DEFAULT_CREATE_RATE_PER_MIN, "sessions one client may create per minute after its burst", check="positive")
+    join_burst: int = setting(DEFAULT_JOIN_BURST, "joins one client may make at once", check="positive")
+    join_rate_per_min: float = setting(
+        DEFAULT_JOIN_RATE_PER_MIN, "joins one client may make per minute after its burst", check="positive")
+
     # Hooks (embedders only).  Each may be a plain function or an async one.
     authorize_join: Hook = hook(
         "a `relay.JoinRequest(session_id, agent_id, join_token, origin)`",
@@ -274,6 +290,12 @@ class Config:
             raise ConfigError("log_level must be debug, info, warning, error or critical")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
+        from relay._ratelimit import TrustedProxies
+
+        try:
+            TrustedProxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"trusted_proxies: {exc}") from None
         if self.join_policy not in JOIN_POLICIES:
             raise ConfigError(f"join_policy must be one of {', '.join(JOIN_POLICIES)}, got {self.join_policy!r}")
         if self.join_policy == "ticket":

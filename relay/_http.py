@@ -51,6 +51,7 @@ class HTTPConnection:
         self.response_headers: list = []  # added to every response to the current request (CORS)
         self.must_close = False  # the current request asks for the connection to end after its answer
         self.peer = _peer_address(sock)  # for log lines of limits hit
+        self.peer_ip = self.peer.rsplit(":", 1)[0] if self.peer else None
 
     async def _receive_event(self):
         while True:

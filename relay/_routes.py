@@ -173,16 +173,22 @@ def json_body(obj) -> bytes:
 class Request:
     """What a handler sees of one HTTP request."""
 
-    __slots__ = ("head", "path", "query", "params", "connection_id", "_read_body")
+    __slots__ = ("head", "path", "query", "params", "connection_id", "peer_ip", "_read_body")
 
     def __init__(self, head: h11.Request, path: str, query: dict, params: dict, *, connection_id: str = "",
+                 peer_ip: Optional[str] = None,
                  read_body: Optional[Callable[[int], Awaitable[bytes]]] = None) -> None:
         self.head = head
         self.path = path
         self.query = query
         self.params = params
         self.connection_id = connection_id
+        self.peer_ip = peer_ip  # the TCP peer (a trusted proxy's X-Forwarded-For may name the client)
         self._read_body = read_body
+
+    def header_values(self, name: bytes) -> list:
+        """Every value of a request header (lower-case name; latin-1), in order."""
+        return [value.decode("latin-1") for key, value in self.head.headers if key == name]
 
     @property
     def method(self) -> bytes:

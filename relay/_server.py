@@ -190,7 +190,7 @@ class Server:
         """Answer one request (route -> handler).  Returns True if the connection became a WebSocket."""
         path, query = parse_target(head.target)
         match = self.routes.match(listener, head.method, path)
-        request = Request(head, path, query, match.params, connection_id=connection_id,
+        request = Request(head, path, query, match.params, connection_id=connection_id, peer_ip=http.peer_ip,
                           read_body=lambda limit: http.read_body(limit, self.config.handshake_timeout_s))
         if match.route.cors:
             http.response_headers = self.api.check_origin(request)

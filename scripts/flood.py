@@ -193,7 +193,8 @@ _LISTENING = re.compile(r"on http://([^:/\s]+):(\d+)/.*\(private ([^\s]+):(\d+)\
 def start_node(limits: dict, extra_args: tuple = ()) -> Node:
     """A relay node process on loopback port 0; its first stdout line names the bound ports."""
     args = [sys.executable, "-m", "relay", "serve", "--listen", "127.0.0.1:0", "--private-listen", "127.0.0.1:0",
-            "--log-level", "warning", "--join-policy", "open"]  # the slaves are in at once: floods need no admission
+            "--log-level", "warning", "--join-policy", "open",  # the slaves are in at once: floods need no admission
+            "--create-burst", "100000", "--join-burst", "100000"]  # the harness makes its sessions from one address
     for name, value in limits.items():
         args += ["--" + name.replace("_", "-"), str(value)]
     args += list(extra_args)

@@ -121,7 +121,8 @@ async def soak(seconds: float, sessions: int, slaves: int, messages: int, report
     process = subprocess.Popen(
         [sys.executable, "-m", "relay", "serve", "--listen", f"127.0.0.1:{public_port}",
          "--private-listen", f"127.0.0.1:{private_port}", "--log-level", "warning",
-         "--max-connections", "100000", "--join-policy", "open"],
+         "--max-connections", "100000", "--join-policy", "open", "--create-burst", "1000000",
+         "--join-burst", "1000000"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         process.stdout.readline()  # listening
