@@ -85,9 +85,9 @@ class WebSocketConnection:
         self.messages_in = 0
         self._wake = trio.Event()
         self._writer_waiting = False
-        self._deadline_armed = False
-        self._nursery: Optional[trio.Nursery] = None
-        self._cancel_scope: Optional[trio.CancelScope] = None
+        # Made here, not in run(): a close may be decided before run() starts (the session ended
+        # while the 101 was on its way) or after its tasks are gone, and either must be harmless.
+        self._cancel_scope = trio.CancelScope()
         outbox.wakeup = self._notify
         outbox.on_close = self._arm_close_deadline
 
@@ -113,33 +113,24 @@ class WebSocketConnection:
 
     def _arm_close_deadline(self) -> None:
         """Once a close is decided, the connection ends within CLOSE_HANDSHAKE_TIMEOUT_S even if
-        the peer stopped reading (a writer blocked on a full socket would otherwise wait forever)."""
-        if self._deadline_armed or self._nursery is None:
-            return
-        if self._cancel_scope is not None and self._cancel_scope.cancel_called:
-            return  # the connection is already ending: nothing to wait for
-        self._deadline_armed = True
-        try:
-            self._nursery.start_soon(self._close_deadline)
-        except RuntimeError:
-            # "Nursery is closed to new arrivals": this connection's tasks are done and it is ending
-            # by itself.  A newer connection of the same client closes this one while attaching
-            # (reconnect at once after a dropped TCP connection): that attach must never fail here.
-            pass
+        the peer stopped reading (a writer blocked on a full socket would otherwise wait forever).
 
-    async def _close_deadline(self) -> None:
-        await trio.sleep(CLOSE_HANDSHAKE_TIMEOUT_S)
-        self.closing.deadline_expired()
-        self._finish()
+        The deadline is the cancel scope's, not a task: this is called from outside the connection
+        (a newer connection of the same client closing this one, the session ending) at any moment,
+        including while the connection's own tasks are ending.  Starting a task then raised
+        "Nursery is closed to new arrivals" into the caller, i.e. into the attach of the newer
+        connection.  A deadline is a number: setting it never fails, and after run() it does nothing.
+        (When it fires, run()'s finally reports connection_lost: CLOSED, as deadline_expired would.)
+        """
+        scope = self._cancel_scope
+        scope.deadline = min(scope.deadline, trio.current_time() + CLOSE_HANDSHAKE_TIMEOUT_S)
 
     async def run(self) -> None:
         try:
-            with trio.CancelScope() as scope:
-                self._cancel_scope = scope
+            if self.outbox.close_code is not None:  # closed before this connection hooked on_close
+                self._arm_close_deadline()
+            with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.outbox.close_code is not None:
-                        self._arm_close_deadline()
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._keepalive)
@@ -151,8 +142,7 @@ class WebSocketConnection:
             self.handler.on_close()
 
     def _finish(self) -> None:
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
+        self._cancel_scope.cancel()
 
     # ------------------------------------------------------------------ closing
 
