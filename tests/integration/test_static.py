@@ -1081,8 +1081,11 @@ class FakeSocket {
   }
 }
 const storage = {};
+const reload = process.argv[5] === 'reload';
+let joins = 0;
 const fetch = async (url, init) => {
   assert.ok(/\/cobrowse\/sessions\/S\/join$/.test(url), url);
+  joins += 1;
   return {ok: true, status: 200, json: async () => ({session: 'S', slave_token: 't', slave: 's2', node: 'n', mode: 'pointer'})};
 };
 const window = {
@@ -1095,8 +1098,10 @@ const window = {
   requestAnimationFrame: (f) => setTimeout(f, 0),
 };
 window.window = window;
-// The master page reconnects with a saved token (no create call); the slave page joins.
+// The master page reconnects with a saved token (no create call); the slave page joins, or after a
+// reload reuses the token it kept.
 storage['relay-master'] = JSON.stringify({session: 'S', token: 'm'});
+if (reload) storage['relay-slave'] = JSON.stringify({session: 'S', token: 'kept', agent: 'agent-3'});
 const context = vm.createContext(window);
 vm.runInContext(fs.readFileSync(clientPath, 'utf8'), context, {filename: 'client.js'});
 const R = context.RelayClient;
@@ -1146,19 +1151,22 @@ const submitChat = (text) => {
   await tick(5);
   out.chat = chatLines();
   out.sent = socket.sent.filter((item) => item.kind !== 'snapshot' && item.kind !== 'mutation');
+  out.url = socket.url;
+  out.joins = joins;
+  out.stored = storage['relay-slave'] ? JSON.parse(storage['relay-slave']) : null;
   console.log(JSON.stringify(out));
 })().catch((error) => { console.error(error); process.exit(1); });
 """
 
 
-def run_page(tmp_path, page: str) -> dict:
+def run_page(tmp_path, page: str, *extra: str) -> dict:
     html = (STATIC / f"{page}.html").read_text()
     (code,) = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
     script = tmp_path / f"{page}.js"
     script.write_text(code)
     harness = tmp_path / "page_harness.js"
     harness.write_text(PAGE_HARNESS)
-    result = subprocess.run([node_binary(), str(harness), str(CLIENT_JS), str(script), page],
+    result = subprocess.run([node_binary(), str(harness), str(CLIENT_JS), str(script), page, *extra],
                             capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
     assert result.returncode == 0, result.stderr + result.stdout
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -1192,6 +1200,15 @@ def test_slave_page_names_senders_by_their_stamp(tmp_path):
     ]
     assert out["sent"] == [{"kind": "pointer", "body": {"x": 11, "y": 12}},
                            {"kind": "chat", "body": {"text": "a question"}}]
+
+
+def test_a_reload_of_the_slave_page_reuses_its_token_and_costs_no_new_join(tmp_path):
+    first = run_page(tmp_path, "slave")
+    assert first["joins"] == 1 and first["stored"] == {"session": "S", "token": "t", "agent": "agent"}
+    reloaded = run_page(tmp_path, "slave", "reload")
+    assert reloaded["joins"] == 0  # no new join: the relay sees the same slave come back
+    assert "token=kept" in reloaded["url"]
+    assert reloaded["stored"]["token"] == "kept"
 
 
 @pytest.mark.parametrize("page", PAGES)
