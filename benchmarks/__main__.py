@@ -17,6 +17,9 @@ SUITES = {
     "setup": ("benchmarks._setup",
               "install what fanout measures against when missing: the bench extra (into a venv only) "
               "and Debian's iperf3 (as root)"),
+    "longpoll": ("benchmarks.longpoll",
+                 "long-poll GET cycles per second with a new connection per GET against one kept-alive "
+                 "connection (~20 s)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }
