@@ -915,9 +915,11 @@ const message = (connection, kind, test) => once(connection, 'message', (k, seq,
   const master = await R.create(options);
   await within(8000, 'the master hello', once(master, 'hello'));
   master.send('snapshot', '<p>shared</p>');
+  // Listen before joining: the master may hear of the observer before the observer's own hello.
+  const observerJoined = once(master, 'presence', (p) => p.event === 'joined');
   const observer = await R.join(Object.assign({session: master.session, agent: 'agent-7'}, options));
   await within(8000, 'the observer hello', once(observer, 'hello'));
-  await within(8000, 'the observer in the map', once(master, 'presence', (p) => p.event === 'joined'));
+  await within(8000, 'the observer in the map', observerJoined);
   // Listen before Python's forging slave starts: its presence and messages may come at once.
   const masterChat = message(master, 'chat', (body) => body && body.text === 'transfer the money');
   const masterPointer = message(master, 'pointer');
@@ -951,7 +953,7 @@ class ProcessLines:
     async def next(self) -> str:
         while b"\n" not in self.buffer:
             data = await self.stream.receive_some(65536)
-            assert data, "the node scenario exited early"
+            assert data, "the node scenario exited early (its stderr is in the test's tmp_path, node-stderr.txt)"
             self.buffer += data
         line, self.buffer = self.buffer.split(b"\n", 1)
         return line.decode()
