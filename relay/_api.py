@@ -46,6 +46,7 @@ class ApiContext:
     host: SessionHost
     metrics: Metrics
     cookie_header: str  # the Set-Cookie value that pins a client to this node
+    cluster: Optional[object] = None  # relay._clusternode.ClusterNode when this node is part of a cluster
 
 
 def session_or_404(host: SessionHost, session_id: str) -> Session:
@@ -106,7 +107,7 @@ class Api:
 
     def handlers(self) -> dict:
         return {name: getattr(self, name) for name in (
-            "health", "metrics", "sessions", "static", "preflight", "create_session", "join_session",
+            "health", "metrics", "sessions", "cluster", "static", "preflight", "create_session", "join_session",
             "end_session")}
 
     # ------------------------------------------------------------------ admin and pages
@@ -120,6 +121,14 @@ class Api:
     async def sessions(self, request: Request) -> Response:
         return Response.json(200, {"node": self.config.node_name,
                                    "sessions": [s.describe() for s in self.host.sessions.values()]})
+
+    async def cluster(self, request: Request) -> Response:
+        """This node's view of its cluster (live set, ring version, sessions hosted and their epochs)."""
+        cluster = self.context.cluster
+        if cluster is None:
+            return Response.json(200, {"node": self.config.node_name, "cluster_name": None,
+                                       "sessions_hosted": len(self.host.sessions)})
+        return Response.json(200, cluster.describe())
 
     async def static(self, request: Request) -> Response:
         name, content_type = STATIC_FILES[request.path]
@@ -182,10 +191,19 @@ class Api:
         chat = data.get("chat", False)
         if not isinstance(chat, bool):
             raise HTTPError(400, "bad-request", "'chat' must be true or false")
+        cluster = self.context.cluster
+        if cluster is not None:
+            cluster.check_can_host()
         try:
             session = self.host.create(chat=chat)
         except LimitReached as exc:
             raise HTTPError(503, "too-many-sessions", str(exc)) from None
+        if cluster is not None:
+            try:
+                await cluster.record_new(session)
+            except BaseException:
+                self.host.end(session, "not recorded in the cluster", announce=False)
+                raise
         return Response.json(201, {"session": session.id, "master_token": session.master_token,
                                    "node": self.config.node_name, "chat": chat},
                              headers=[("set-cookie", self.context.cookie_header)])
@@ -209,6 +227,8 @@ class Api:
                             f"this session has its maximum of {self.config.max_slaves_per_session} slaves",
                             [("retry-after", str(max(1, int(self.config.slave_grace_s))))])
         record = session.add_slave(agent_id, trio.current_time(), admitted=admitted)
+        if self.context.cluster is not None:  # so that a new host knows this slave's token after a failover
+            await self.context.cluster.persist(session)
         return Response.json(200, {"session": session.id, "slave_token": record.token, "slave": record.slave_id,
                                    "node": self.config.node_name, "mode": record.mode, "admitted": admitted},
                              headers=[("set-cookie", self.context.cookie_header)])

@@ -131,8 +131,6 @@ async def _serve_until_signalled(config: Config) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     """``relay serve``: one node until SIGINT/SIGTERM, then a graceful shutdown."""
     config = load_config(args)
-    if config.cluster is not None:
-        raise ConfigError("cluster mode (--cluster) is not available in this version yet")
     configure_logging(config.log_level, config.log_format)
     if config.tune_malloc:
         tune_malloc()

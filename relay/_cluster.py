@@ -43,10 +43,22 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class StateStore:
+    host: str
+    port: int
+    db: int = 0
+    sentinels: tuple = ()
+    service: object = None
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     nodes: dict
     ring: Ring
+    state_store: object = None
+    ring_version: str = ""
+    lease_ttl_s: float = 5.0
 
 
 def load_cluster(path: str) -> Cluster:
@@ -101,4 +113,11 @@ def parse_cluster(data: dict) -> Cluster:
                     replication_factor=rf)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return Cluster(name, nodes, ring)
+    import hashlib
+    import json
+    from urllib.parse import urlsplit
+    store = data.get("state_store", "redis://127.0.0.1:6379/0")
+    parts = urlsplit(store)
+    state_store = StateStore(parts.hostname, parts.port or 6379, int((parts.path or "/0").strip("/") or 0))
+    version = hashlib.sha256(json.dumps([name, partitioner, rf, [[n, s.public, s.private, list(s.tokens)] for n, s in nodes.items()]]).encode()).hexdigest()[:16]
+    return Cluster(name, nodes, ring, state_store, version, float(data.get("lease_ttl_s", 5.0)))

@@ -32,6 +32,9 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
     ``error`` envelope queued for the sender, within its allowance (:func:`refuse`): past it,
     FloodError (1008 / 429).
     """
+    if now > session.fence.valid_until:  # this node's lease ran out: another node may host it now
+        session.fence.lapsed()
+        return
     # A client's own fourth element (a forged sender) ends at the peek: only the body goes on.
     kind, _seq, body_offset, body_end = peek_envelope(payload)
     body = memoryview(payload)[body_offset:body_end]

@@ -39,7 +39,9 @@ class SessionHost:
         self.config = config
         self.owns = owns
         self.sessions: dict = {}
-        self._observer = observer
+        self.observer = observer  # (session, kind, seq, size): the on_message hook, for every session
+        # (session, announce) when a session ends here: the cluster forgets it in Redis if announce
+        self.on_end: Optional[Callable] = None
         self._nursery: Optional[trio.Nursery] = None
         self.ended_count = 0
         self.ended_stats = collections.Counter()  # Session.stats of ended sessions, for metrics
@@ -56,11 +58,15 @@ class SessionHost:
         if len(self.sessions) >= self.config.max_sessions:
             raise LimitReached(f"this node hosts its maximum of {self.config.max_sessions} sessions")
         session = Session(self.mint_id(), self.config, chat=chat, now=trio.current_time(),
-                          observer=self._observer)
-        self.sessions[session.id] = session
+                          observer=self.observer)
+        self.add(session)
         log_event(log, logging.INFO, "session.created", session=session.id, chat=chat)
         self.call_hook(self.config.on_session_created, session.id, chat)
         return session
+
+    def add(self, session: Session) -> None:
+        """Host a session made elsewhere (a takeover restores one from the cluster's state store)."""
+        self.sessions[session.id] = session
 
     def get(self, session_id: str) -> Optional[Session]:
         session = self.sessions.get(session_id)
@@ -78,6 +84,8 @@ class SessionHost:
         self.ended_stats["messages_out"] += session.messages_out
         self.ended_published.update(session.published)
         self.ended_stats["bytes_out"] += session.bytes_out
+        if self.on_end is not None:
+            self.on_end(session, announce)
         log_event(log, logging.INFO, "session.ended", session=session.id, reason=reason, seq=session.seq,
                   messages_out=session.messages_out)
         self.call_hook(self.config.on_session_ended, session.id, reason)

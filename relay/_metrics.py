@@ -45,8 +45,21 @@ class Metrics:
         self.closes = Counter("relay_closes", "WebSocket closes sent, by code", ["code"], registry=registry)
         self.handshake_failures = Counter("relay_handshake_failures", "Refused upgrades and API calls, by reason",
                                           ["reason"], registry=registry)
-        self.forwarded = Counter("relay_forwarded_requests", "Requests routed to another node", registry=registry)
-        self.failovers = Counter("relay_failovers", "Sessions taken over from a dead node", registry=registry)
+        # The cluster (SPEC 5): routing to the host, takeovers, the lease, the state store.
+        self.forwarded = Counter("relay_forwarded_requests", "Requests forwarded to the session's host, by kind",
+                                 ["kind"], registry=registry)
+        self.forwarded_bytes = Counter("relay_forwarded_bytes", "Bytes moved on forwarded connections, by direction",
+                                       ["direction"], registry=registry)
+        self.forward_failures = Counter("relay_forward_failures", "Forwards refused because the host could not be "
+                                        "reached (answered 503)", registry=registry)
+        self.failovers = Counter("relay_takeovers", "Sessions taken over from a node that left the cluster",
+                                 registry=registry)
+        self.lease_renewals = Counter("relay_lease_renewals", "Lease renewals, by result (ok, failed, lost)",
+                                      ["result"], registry=registry)
+        self.redis_calls = Counter("relay_redis_calls", "Round trips to the state store, by operation",
+                                   ["operation"], registry=registry)
+        self.redis_errors = Counter("relay_redis_errors", "Failed or timed-out state store calls, by operation",
+                                    ["operation"], registry=registry)
         self.tasks = Gauge("relay_trio_tasks", "trio tasks alive in this process (leak detection)",
                            registry=registry)
         self.tasks.set_function(count_trio_tasks)

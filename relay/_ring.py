@@ -73,6 +73,10 @@ class Ring:
     def replicas(self, session_id: Union[str, bytes]) -> list:
         return self.walk(self._index(session_id), self.replication_factor)
 
+    def successors(self, session_id) -> list:
+        """Every distinct node clockwise from the owner (the failover order)."""
+        return self.walk(self._index(session_id), len(self.nodes))
+
     def walk(self, index: int, count: int) -> list:
         """Distinct nodes clockwise from ring position ``index``."""
         found = []

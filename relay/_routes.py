@@ -68,17 +68,16 @@ def relay_routes(*, demo_pages: bool = True) -> list:
         Route(BOTH, b"HEAD", "/health", "health"),
         Route((PRIVATE,), b"GET", "/metrics", "metrics"),
         Route((PRIVATE,), b"GET", "/sessions", "sessions"),
+        Route((PRIVATE,), b"GET", "/cluster", "cluster"),
         # The client API (SPEC 3).
         Route((PUBLIC,), b"POST", "/cobrowse/sessions", "create_session", cors=True),
-        Route((PUBLIC,), b"POST", "/cobrowse/sessions/{session}/join", "join_session", cors=True),
-        Route((PUBLIC,), b"DELETE", "/cobrowse/sessions/{session}", "end_session", cors=True),
-        Route((PUBLIC,), b"GET", "/cobrowse/ws/{session}", "websocket", cors=True),
-        Route((PUBLIC,), b"GET", "/cobrowse/poll/{session}", "poll_get", cors=True),
-        Route((PUBLIC,), b"POST", "/cobrowse/poll/{session}", "poll_post", cors=True),
-        # Cluster (SPEC 5, "Routing"): a WebSocket or long-poll that reaches a node which does not host
-        # its session is forwarded to the host over the private listeners.  The host's side of that is
-        # one more route here, on PRIVATE, naming a "forward" handler; the entry side stays the
-        # routes above, whose {session} parameter is what the handler looks up in the ring.
+        # A request about a session that reaches a node which does not host it is forwarded to the
+        # host's private listener (SPEC 5, "Routing"; relay/_server.py): these routes are on both.
+        Route(BOTH, b"POST", "/cobrowse/sessions/{session}/join", "join_session", cors=True),
+        Route(BOTH, b"DELETE", "/cobrowse/sessions/{session}", "end_session", cors=True),
+        Route(BOTH, b"GET", "/cobrowse/ws/{session}", "websocket", cors=True),
+        Route(BOTH, b"GET", "/cobrowse/poll/{session}", "poll_get", cors=True),
+        Route(BOTH, b"POST", "/cobrowse/poll/{session}", "poll_post", cors=True),
     ]
     if demo_pages:
         routes += [Route((PUBLIC,), b"GET", path, "static") for path in STATIC_FILES]

@@ -10,6 +10,7 @@ socket belongs to relay/_websocket.py) or long-polling (relay/_longpoll.py).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import socket
@@ -30,8 +31,10 @@ from relay._config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PING_INTERVAL_S,
     Config,
+    ConfigError,
 )
 from relay._errors import HTTPError
+from relay._forward import FORWARDED_BY, FORWARDED_PEER, forward_request
 from relay._fdlimit import fd_limit_warning
 from relay._handshake import accept_headers
 from relay._host import SessionHost
@@ -42,7 +45,7 @@ from relay._longpoll import LongPollTransport
 from relay._metrics import Metrics
 from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
-from relay._routes import PRIVATE, PUBLIC, Request, RouteTable, Upgrade, parse_target, relay_routes
+from relay._routes import PREFLIGHT, PRIVATE, PUBLIC, Request, RouteTable, Upgrade, parse_target, relay_routes
 from relay._session import Session
 from relay._websocket import EchoHandler, WebSocketConnection
 from relay._wsattach import WebSocketAttach
@@ -52,6 +55,8 @@ __all__ = ["serve", "serve_echo", "Listening", "Server"]
 log = logging.getLogger("relay.server")
 
 LIMIT_STATUSES = frozenset({408, 413, 429, 503})  # answers that mean a limit was hit: logged (rate-limited)
+# In a cluster, the transports' answers set the sticky cookie too (create and join set their own).
+COOKIE_ON_ATTACH = frozenset({"websocket", "poll_get", "poll_post"})
 ECHO_QUEUE_MESSAGES = 4  # the echo outbox holds this many messages of the maximum size
 _connection_ids = itertools.count(1)
 
@@ -76,14 +81,33 @@ class Server:
 
     def __init__(self, config: Config) -> None:
         config.validate()
+        cluster = None
+        if config.cluster is not None:
+            from relay._cluster import load_cluster
+
+            cluster = load_cluster(config.cluster)
+            spec = cluster.nodes.get(config.node_name)
+            if spec is None:
+                raise ConfigError(f"node_name {config.node_name!r} is not a node of {config.cluster} "
+                                  f"(its nodes: {', '.join(cluster.nodes)})")
+            # A node of a cluster listens where the cluster file says: every node reads the same file.
+            config = dataclasses.replace(config, listen=spec.public, private_listen=spec.private)
         self.config = config
-        self.host = SessionHost(config, observer=self._observe if config.on_message is not None else None)
+        owns = (lambda session_id: cluster.ring.owner(session_id) == config.node_name) if cluster else (lambda _id: True)
+        self.host = SessionHost(config, owns=owns,
+                                observer=self._observe if config.on_message is not None else None)
         self.metrics = Metrics(lambda: self.host.sessions.values(), self.host.ended_stats,
                                self.host.ended_published)
+        self.cluster = None
+        if cluster is not None:
+            from relay._clusternode import ClusterNode
+
+            self.cluster = ClusterNode(cluster, config, self.host, self.metrics)
+            self.host.on_end = self.cluster.session_ended
         self.shutting_down = False
         self._connections = Connections(config.max_connections, on_refused=self._refused)
         self._listeners: list = []
-        context = ApiContext(config, self.host, self.metrics, config.set_cookie_value())
+        context = ApiContext(config, self.host, self.metrics, config.set_cookie_value(), self.cluster)
         self.api = Api(context)
         self.routes = RouteTable(relay_routes(demo_pages=config.demo_pages))
         self._handlers = {**self.api.handlers(), **WebSocketAttach(context).handlers(),
@@ -113,6 +137,8 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run_timers)
+                if self.cluster is not None:  # joins the cluster (or refuses to) before any client is served
+                    await nursery.start(self.cluster.run)
                 for sock, listener in ((public, PUBLIC), (private, PRIVATE)):
                     await nursery.start(accept_loop, sock, self._connection_handler(listener), self._connections)
                 if config.join_policy == "open":
@@ -190,16 +216,50 @@ class Server:
         """Answer one request (route -> handler).  Returns True if the connection became a WebSocket."""
         path, query = parse_target(head.target)
         match = self.routes.match(listener, head.method, path)
-        request = Request(head, path, query, match.params, connection_id=connection_id, peer_ip=http.peer_ip,
+        peer_ip = http.peer_ip
+        if listener == PRIVATE:  # a request forwarded by a peer node: the client is the one it names
+            peer_ip = next((value.decode("latin-1") for name, value in head.headers if name == FORWARDED_PEER), peer_ip)
+        request = Request(head, path, query, match.params, connection_id=connection_id, peer_ip=peer_ip,
                           read_body=lambda limit: http.read_body(limit, self.config.handshake_timeout_s))
         if match.route.cors:
             http.response_headers = self.api.check_origin(request)
+        session_id = match.params.get("session")
+        if self.cluster is not None and session_id is not None and match.route.handler != PREFLIGHT:
+            if await self._route_to_host(http, head, request, listener, session_id):
+                return True
+            if match.route.handler in COOKIE_ON_ATTACH:
+                # Hosted here (or taken over just now): the answer pins the client to this node,
+                # whatever its cookie said (none, or the node it reached first).
+                http.response_headers = http.response_headers + [("set-cookie", self.api.context.cookie_header)]
         result = await self._handlers[match.route.handler](request)
         if isinstance(result, Upgrade):
             await _upgrade(http, result)
             return True
         await http.respond(result.status, result.body, content_type=result.content_type, headers=result.headers)
         return False
+
+    async def _route_to_host(self, http: HTTPConnection, head: h11.Request, request: Request, listener: str,
+                             session_id: str) -> bool:
+        """In a cluster: forward the request to the session's host (True: the connection is done),
+        or leave it to this node (False: the session is here now)."""
+        from relay._clusternode import Forward
+
+        forwarded = listener == PRIVATE and any(name == FORWARDED_BY for name, _value in head.headers)
+        located = await self.cluster.locate(session_id, forwarded=forwarded)
+        if not isinstance(located, Forward):
+            return False
+        if listener == PRIVATE and not forwarded:
+            raise HTTPError(404, "unknown-session", "no such session on this node")
+        upgrade = any(name == b"upgrade" for name, _value in head.headers) and head.method == b"GET"
+        if upgrade:
+            body, leftover = None, bytes(http.conn.trailing_data[0])
+        else:
+            body, leftover = await http.read_body(self.config.poll_body_bytes, self.config.handshake_timeout_s), b""
+        log_event(log, logging.DEBUG, "cluster.forward", conn=request.connection_id, session=session_id,
+                  host=located.node, upgrade=upgrade)
+        await forward_request(http.sock, head, located.address, via=self.config.node_name, client_ip=http.peer_ip,
+                              body=body, leftover=leftover, metrics=self.metrics)
+        return True
 
 
 async def serve(config: Config, *, shutdown: Optional[trio.Event] = None,

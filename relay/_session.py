@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
 import secrets
 from typing import Callable, Optional
 
@@ -36,6 +37,7 @@ import msgpack
 from relay._accel import envelope_frame_header, sender_tail
 from relay._closecodes import CloseCode
 from relay._config import Config
+from relay._fence import UNFENCED
 from relay._buckets import TokenBucket
 from relay._outbox import MESSAGE_OVERHEAD_BYTES, Outbox
 
@@ -75,6 +77,13 @@ MASTER_SENDER = "master"
 RELAY_SENDER = ""
 MASTER_TAIL = sender_tail(MASTER_SENDER)
 RELAY_TAIL = sender_tail(RELAY_SENDER)
+
+
+def token_digest(token: str) -> bytes:
+    """What a session keeps of a role token (and what the cluster's state store holds): its SHA-256.
+    A 256-bit random token needs no salt or slow hash; the raw token is only ever in the answer to
+    the create or join that made it."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 class Role(str, enum.Enum):
@@ -159,13 +168,14 @@ class Peer(Outbox):
 class SlaveRecord:
     """A slave that joined: its token and mode outlive any one connection."""
 
-    __slots__ = ("slave_id", "token", "agent_id", "mode", "peer", "tail", "idle_since", "admitted", "joined_at",
-                 "connects")
+    __slots__ = ("slave_id", "token", "digest", "agent_id", "mode", "peer", "tail", "idle_since", "admitted",
+                 "joined_at", "connects")
 
-    def __init__(self, slave_id: str, token: str, agent_id: Optional[str], now: float = 0.0, *,
-                 admitted: bool = True) -> None:
+    def __init__(self, slave_id: str, token: Optional[str], agent_id: Optional[str], now: float = 0.0, *,
+                 admitted: bool = True, digest: Optional[bytes] = None) -> None:
         self.slave_id = slave_id
-        self.token = token
+        self.token = token  # None when the record was restored from the cluster's state store
+        self.digest = digest if digest is not None else token_digest(token)
         self.agent_id = agent_id
         self.tail = sender_tail(slave_id)  # its stamp on everything it sends
         self.idle_since: Optional[float] = now  # not connected since (None while it is)
@@ -187,12 +197,17 @@ class Session:
         self.seq = 0
         self.inbox_seq = 0
         self.chat_only = chat
-        self.master_token = secrets.token_urlsafe(TOKEN_BYTES)
+        self.master_token: Optional[str] = secrets.token_urlsafe(TOKEN_BYTES)  # None once restored elsewhere
+        self.master_digest = token_digest(self.master_token)
         self.master: Optional[Peer] = None
         self.master_ever_connected = False
         self.master_left_at: Optional[float] = now  # no master yet: the grace period runs
         self.slaves: dict = {}  # slave_id -> SlaveRecord
-        self.slaves_by_token: dict = {}
+        self.slaves_by_digest: dict = {}  # token digest -> SlaveRecord
+        # Called (with the session) when a participant fact that a new host would need changes: a
+        # join, a release, an admission, a mode.  The cluster copies them to its state store.
+        self.on_change: Optional[Callable] = None
+        self.fence = UNFENCED  # a cluster node's lease (relay/_fence.py): checked once per received message
         self.history: list = []  # Outgoing, consecutive seqs, since the latest snapshot
         self.history_bytes = 0
         self.history_complete = True  # False after the hard limit cut it: wait for a snapshot
@@ -217,8 +232,46 @@ class Session:
         record = SlaveRecord(secrets.token_hex(SLAVE_ID_BYTES), secrets.token_urlsafe(TOKEN_BYTES), agent_id, now,
                              admitted=admitted)
         self.slaves[record.slave_id] = record
-        self.slaves_by_token[record.token] = record
+        self.slaves_by_digest[record.digest] = record
+        self._changed()
         return record
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    # ------------------------------------------------------------------ the facts a new host needs
+
+    def participants_record(self) -> dict:
+        """The participants as the cluster's state store keeps them (token digests, never tokens)."""
+        return {
+            "chat": self.chat_only,
+            "master": self.master_digest.hex(),
+            "slaves": [{"id": r.slave_id, "digest": r.digest.hex(), "agent": r.agent_id, "mode": r.mode,
+                        "admitted": r.admitted} for r in self.slaves.values()],
+        }
+
+    @classmethod
+    def restore(cls, session_id: str, config: Config, record: dict, *, epoch: int, now: float = 0.0,
+                observer: Optional[Callable] = None) -> "Session":
+        """The session as a new host takes it over: the same participants and tokens, a new epoch, an
+        empty stream (the master re-sends its snapshot; slaves resync).  ValueError if ``record`` is
+        not one that :meth:`participants_record` made."""
+        try:
+            session = cls(session_id, config, chat=bool(record.get("chat", False)), now=now, epoch=epoch,
+                          observer=observer)
+            session.master_token = None
+            session.master_digest = bytes.fromhex(record["master"])
+            for entry in record.get("slaves", []):
+                slave = SlaveRecord(str(entry["id"]), None, entry.get("agent"), now,
+                                    admitted=bool(entry.get("admitted", True)), digest=bytes.fromhex(entry["digest"]))
+                if entry.get("mode") in ("pointer", "write"):
+                    slave.mode = entry["mode"]
+                session.slaves[slave.slave_id] = slave
+                session.slaves_by_digest[slave.digest] = slave
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"unreadable session record: {exc!r}") from None
+        return session
 
     def slave_slots_used(self) -> int:
         """Slaves that hold a place: connected, or joined / gone less than the grace ago (they may
@@ -244,7 +297,8 @@ class Session:
 
     def _release(self, record: SlaveRecord) -> None:
         self.slaves.pop(record.slave_id, None)
-        self.slaves_by_token.pop(record.token, None)
+        self.slaves_by_digest.pop(record.digest, None)
+        self._changed()
 
     def _refuse(self, record: SlaveRecord, reason: str) -> None:
         peer = record.peer
@@ -271,6 +325,7 @@ class Session:
             self._refuse(record, "refused by the master")
             return None
         record.admitted = True
+        self._changed()
         peer = record.peer
         if peer is not None:
             self._let_in(record, peer, None, None)
@@ -280,12 +335,13 @@ class Session:
         """(Role, SlaveRecord | None) for a token of this session, or (None, None)."""
         if not token:
             return None, None
-        if secrets.compare_digest(token.encode(), self.master_token.encode()):
+        # Digests are compared, never tokens: a lookup by digest leaks nothing about how much of a
+        # guessed token matched (changing one character changes the whole digest).
+        digest = token_digest(token)
+        if secrets.compare_digest(digest, self.master_digest):
             return Role.MASTER, None
-        # Each slave token is looked up by dict (hash) and then compared in constant time, so
-        # the lookup does not leak how much of a guessed token matched.
-        record = self.slaves_by_token.get(token)
-        if record is not None and secrets.compare_digest(token.encode(), record.token.encode()):
+        record = self.slaves_by_digest.get(digest)
+        if record is not None:
             return Role.SLAVE, record
         return None, None
 
@@ -566,6 +622,7 @@ class Session:
         if record is None:
             return _error("unknown-slave", "no such slave in this session")
         record.mode = mode
+        self._changed()
         self._broadcast_presence({"event": "mode", "slave": record.slave_id, "agent": record.agent_id, "mode": mode})
         return None
 

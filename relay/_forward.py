@@ -1,0 +1,147 @@
+"""Forwarding a client's request to the node that hosts its session, over the private listeners (SPEC 5).
+
+The entry node has parsed only the request head (and, for a request with a body, the body: a
+long-poll POST or a join).  It opens a connection to the host's private listener, sends the same
+head with ``x-relay-forwarded-by`` (so the host answers with its own sticky cookie and never
+forwards again) and from then on moves bytes: both directions for a WebSocket, the response for a
+plain request.  No message is re-framed or re-encoded on the hop; the entry node's cost is two
+socket copies per chunk.
+
+A plain request is forwarded with ``connection: close``: the host closes after its answer, and so
+does the entry node, so that a client's next request is routed again (its cookie now names the
+host).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Optional
+
+import h11
+import trio
+
+from relay._errors import HTTPError
+from relay._netio import Broken, Yielder, close_socket, recv_into, send_all
+
+__all__ = ["FORWARDED_BY", "FORWARDED_PEER", "PIPE_BUFFER_BYTES", "connect", "forward_request", "HOP_BY_HOP"]
+
+FORWARDED_BY = b"x-relay-forwarded-by"  # the entry node's name
+FORWARDED_PEER = b"x-relay-peer"  # the entry node's TCP peer
+PIPE_BUFFER_BYTES = 64 * 1024  # per direction of a forwarded connection
+CONNECT_TIMEOUT_S = 1.0  # to a peer's private listener on the same network: fail fast, the client retries
+RETRY_AFTER_S = 1
+# Headers that belong to one hop (RFC 9110 7.6.1) and are rewritten on the forwarded request.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"content-length", FORWARDED_BY, FORWARDED_PEER})
+
+
+async def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket:
+    """A non-blocking TCP connection to ``HOST:PORT``; OSError if it cannot be made in time."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        with trio.fail_after(timeout_s):
+            result = sock.connect_ex((host, int(port)))
+            if result not in (0, errno.EINPROGRESS):
+                raise OSError(result, errno.errorcode.get(result, str(result)))
+            await trio.lowlevel.wait_writable(sock)
+            result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if result:
+                raise OSError(result, errno.errorcode.get(result, str(result)))
+    except trio.TooSlowError:
+        sock.close()
+        raise OSError(errno.ETIMEDOUT, f"connect to {address} timed out") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def forwarded_head(head: h11.Request, via: str, *, body_length: Optional[int], client_ip: Optional[str]) -> bytes:
+    """The request head as the host receives it (HTTP/1.1 bytes).  ``X-Forwarded-*`` go on unchanged;
+    ``client_ip`` (the entry node's TCP peer) is passed as ``x-relay-peer``, so that the host applies
+    its per-client limits and its trust in proxies as if the request had reached it directly."""
+    upgrade = body_length is None
+    lines = [b"%s %s HTTP/1.1" % (head.method, head.target)]
+    for name, value in head.headers:
+        if name in HOP_BY_HOP:
+            if upgrade and name == b"connection":
+                lines.append(b"connection: " + value)  # Upgrade must reach the host
+            continue
+        lines.append(name + b": " + value)
+    lines.append(FORWARDED_BY + b": " + via.encode("latin-1"))
+    if client_ip:
+        lines.append(FORWARDED_PEER + b": " + client_ip.encode("latin-1"))
+    if not upgrade:
+        lines.append(b"content-length: %d" % body_length)
+        lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _pipe(source: socket.socket, sink: socket.socket, counter: list) -> None:
+    buffer = bytearray(PIPE_BUFFER_BYTES)
+    view = memoryview(buffer)
+    yielder = Yielder()
+    while True:
+        count = await recv_into(source, buffer, yielder)
+        if count == 0:
+            return
+        await send_all(sink, view[:count], yielder)
+        counter[0] += count
+
+
+async def forward_request(client: socket.socket, head: h11.Request, address: str, *, via: str,
+                          client_ip: Optional[str], body: Optional[bytes], leftover: bytes = b"",
+                          metrics=None) -> None:
+    """Send the request to ``address`` (a peer's private HOST:PORT) and relay what follows.
+
+    ``body`` is the whole body of a plain request; None for a WebSocket upgrade, whose ``leftover``
+    (bytes the client sent after its head) goes on unchanged.  HTTPError 503 with Retry-After when
+    the host cannot be reached (the client retries; by then the cluster may have moved the session).
+    """
+    try:
+        upstream = await connect(address)
+    except OSError as exc:
+        if metrics is not None:
+            metrics.forward_failures.inc()
+        raise HTTPError(503, "host-unreachable", f"the node hosting this session cannot be reached ({exc.strerror or exc}); "
+                        "retry", [("retry-after", str(RETRY_AFTER_S))]) from None
+    upgrade = body is None
+    sent = [0]
+    received = [0]
+    try:
+        first = forwarded_head(head, via, body_length=None if upgrade else len(body), client_ip=client_ip)
+        await send_all(upstream, first + (leftover if upgrade else body), Yielder())
+        sent[0] += len(first) + len(leftover if upgrade else body)
+        async with trio.open_nursery() as nursery:
+            async def to_client():
+                try:
+                    await _pipe(upstream, client, received)
+                except Broken:
+                    pass
+                nursery.cancel_scope.cancel()
+
+            async def to_host():
+                try:
+                    await _pipe(client, upstream, sent)
+                except Broken:
+                    pass
+                if upgrade:
+                    nursery.cancel_scope.cancel()
+                # A plain request has nothing more to send: the host's answer still comes back.
+
+            nursery.start_soon(to_client)
+            nursery.start_soon(to_host)
+    except Broken:
+        pass
+    finally:
+        close_socket(upstream)
+        if metrics is not None:
+            metrics.forwarded.labels("websocket" if upgrade else "http").inc()
+            metrics.forwarded_bytes.labels("to_host").inc(sent[0])
+            metrics.forwarded_bytes.labels("to_client").inc(received[0])
