@@ -11,6 +11,9 @@ import dataclasses
 import logging
 import signal
 import sys
+
+if sys.version_info < (3, 11):  # pragma: no cover (trio brings the backport)
+    from exceptiongroup import BaseExceptionGroup
 from typing import Callable, Optional
 
 import trio
@@ -201,4 +204,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # trio wraps what a task raised (a cluster that refuses this node, a port in use) in a group
+        refusal = _first_leaf(group, (ConfigError, OSError))
+        if refusal is None:
+            raise
+        print(f"relay: error: {refusal}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup, types: tuple):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, types)
+            if found is not None:
+                return found
+        elif isinstance(exc, types):
+            return exc
+    return None

@@ -259,9 +259,12 @@ class ClientConnection:
             if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
                 leftover, _closed = conn.trailing_data
                 if decode:
-                    return cls(sock, bytes(leftover), max_message_bytes)
-                connection = cls(sock, b"", max_message_bytes)
-                connection.unread = bytes(leftover)
+                    connection = cls(sock, bytes(leftover), max_message_bytes)
+                else:
+                    connection = cls(sock, b"", max_message_bytes)
+                    connection.unread = bytes(leftover)
+                # The 101's headers (a cluster node's sticky cookie, for one)
+                connection.response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
                 return connection
             body = b""
             if isinstance(event, h11.Response):

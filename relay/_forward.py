@@ -24,13 +24,16 @@ import trio
 from relay._errors import HTTPError
 from relay._netio import Broken, Yielder, close_socket, recv_into, send_all
 
-__all__ = ["FORWARDED_BY", "FORWARDED_PEER", "PIPE_BUFFER_BYTES", "connect", "forward_request", "HOP_BY_HOP"]
+__all__ = ["FORWARD_ANSWER_TIMEOUT_S", "FORWARDED_BY", "FORWARDED_PEER", "PIPE_BUFFER_BYTES", "connect", "forward_request", "HOP_BY_HOP"]
 
 FORWARDED_BY = b"x-relay-forwarded-by"  # the entry node's name
 FORWARDED_PEER = b"x-relay-peer"  # the entry node's TCP peer
 PIPE_BUFFER_BYTES = 64 * 1024  # per direction of a forwarded connection
 CONNECT_TIMEOUT_S = 1.0  # to a peer's private listener on the same network: fail fast, the client retries
 RETRY_AFTER_S = 1
+# How long the host may take to begin its answer (a long-poll GET adds its wait): a host on the same
+# network answers a request head in milliseconds; one that does not is paused or overloaded.
+FORWARD_ANSWER_TIMEOUT_S = 2.0
 # Headers that belong to one hop (RFC 9110 7.6.1) and are rewritten on the forwarded request.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"content-length", FORWARDED_BY, FORWARDED_PEER})
@@ -97,12 +100,14 @@ async def _pipe(source: socket.socket, sink: socket.socket, counter: list) -> No
 
 async def forward_request(client: socket.socket, head: h11.Request, address: str, *, via: str,
                           client_ip: Optional[str], body: Optional[bytes], leftover: bytes = b"",
-                          metrics=None) -> None:
+                          answer_timeout_s: float, metrics=None) -> None:
     """Send the request to ``address`` (a peer's private HOST:PORT) and relay what follows.
 
     ``body`` is the whole body of a plain request; None for a WebSocket upgrade, whose ``leftover``
     (bytes the client sent after its head) goes on unchanged.  HTTPError 503 with Retry-After when
-    the host cannot be reached (the client retries; by then the cluster may have moved the session).
+    the host cannot be reached, or does not begin its answer within ``answer_timeout_s`` (a host
+    that is paused still accepts connections in its kernel): the client retries, and by then the
+    cluster may have moved the session.
     """
     try:
         upstream = await connect(address)
@@ -118,6 +123,19 @@ async def forward_request(client: socket.socket, head: h11.Request, address: str
         first = forwarded_head(head, via, body_length=None if upgrade else len(body), client_ip=client_ip)
         await send_all(upstream, first + (leftover if upgrade else body), Yielder())
         sent[0] += len(first) + len(leftover if upgrade else body)
+        # Nothing has gone to the client yet: until the host answers, a 503 can still be sent.
+        answer = bytearray(PIPE_BUFFER_BYTES)
+        count = None
+        with trio.move_on_after(answer_timeout_s):
+            count = await recv_into(upstream, answer, Yielder())
+        if not count:
+            if metrics is not None:
+                metrics.forward_failures.inc()
+            raise HTTPError(503, "host-unresponsive", "the node hosting this session did not answer; retry",
+                            [("retry-after", str(RETRY_AFTER_S))])
+        await send_all(client, memoryview(answer)[:count], Yielder())
+        received[0] += count
+        del answer
         async with trio.open_nursery() as nursery:
             async def to_client():
                 try:

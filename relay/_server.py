@@ -34,7 +34,7 @@ from relay._config import (
     ConfigError,
 )
 from relay._errors import HTTPError
-from relay._forward import FORWARDED_BY, FORWARDED_PEER, forward_request
+from relay._forward import FORWARD_ANSWER_TIMEOUT_S, FORWARDED_BY, FORWARDED_PEER, forward_request
 from relay._fdlimit import fd_limit_warning
 from relay._handshake import accept_headers
 from relay._host import SessionHost
@@ -124,6 +124,16 @@ class Server:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, shutdown: Optional[trio.Event] = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if self.cluster is None:
+            await self._run(shutdown, task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            # Join the cluster (or be refused: another ring, our name live elsewhere) before binding.
+            await nursery.start(self.cluster.run)
+            await self._run(shutdown, task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _run(self, shutdown: Optional[trio.Event], task_status) -> None:
         config = self.config
         public = listen_socket(config.listen, "listen")
         try:
@@ -137,8 +147,6 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run_timers)
-                if self.cluster is not None:  # joins the cluster (or refuses to) before any client is served
-                    await nursery.start(self.cluster.run)
                 for sock, listener in ((public, PUBLIC), (private, PRIVATE)):
                     await nursery.start(accept_loop, sock, self._connection_handler(listener), self._connections)
                 if config.join_policy == "open":
@@ -225,7 +233,7 @@ class Server:
             http.response_headers = self.api.check_origin(request)
         session_id = match.params.get("session")
         if self.cluster is not None and session_id is not None and match.route.handler != PREFLIGHT:
-            if await self._route_to_host(http, head, request, listener, session_id):
+            if await self._route_to_host(http, head, request, listener, session_id, match.route.handler):
                 return True
             if match.route.handler in COOKIE_ON_ATTACH:
                 # Hosted here (or taken over just now): the answer pins the client to this node,
@@ -233,13 +241,15 @@ class Server:
                 http.response_headers = http.response_headers + [("set-cookie", self.api.context.cookie_header)]
         result = await self._handlers[match.route.handler](request)
         if isinstance(result, Upgrade):
+            if self.cluster is not None and session_id is not None:
+                result.headers = list(result.headers) + [("set-cookie", self.api.context.cookie_header)]
             await _upgrade(http, result)
             return True
         await http.respond(result.status, result.body, content_type=result.content_type, headers=result.headers)
         return False
 
     async def _route_to_host(self, http: HTTPConnection, head: h11.Request, request: Request, listener: str,
-                             session_id: str) -> bool:
+                             session_id: str, match_handler: str) -> bool:
         """In a cluster: forward the request to the session's host (True: the connection is done),
         or leave it to this node (False: the session is here now)."""
         from relay._clusternode import Forward
@@ -257,8 +267,10 @@ class Server:
             body, leftover = await http.read_body(self.config.poll_body_bytes, self.config.handshake_timeout_s), b""
         log_event(log, logging.DEBUG, "cluster.forward", conn=request.connection_id, session=session_id,
                   host=located.node, upgrade=upgrade)
+        # A long-poll GET is answered when there is news, or after poll_wait_s.
+        answer_timeout_s = FORWARD_ANSWER_TIMEOUT_S + (self.config.poll_wait_s if match_handler == "poll_get" else 0)
         await forward_request(http.sock, head, located.address, via=self.config.node_name, client_ip=http.peer_ip,
-                              body=body, leftover=leftover, metrics=self.metrics)
+                              body=body, leftover=leftover, answer_timeout_s=answer_timeout_s, metrics=self.metrics)
         return True
 
 

@@ -108,6 +108,16 @@ class ClusterNodes:
             self.start(name, wait=False)
         for name in self.names:
             self.wait_ready(name)
+        self.wait_agreed()
+
+    def wait_agreed(self) -> None:
+        """Until every running node sees every running node live (live sets refresh at each renewal)."""
+        running = sorted(self.processes)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while any(sorted((self.view(name) or {}).get("live", [])) != running for name in running):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the nodes do not agree on the live set: {[self.view(n) for n in running]}")
+            time.sleep(0.05)
 
     def signal(self, name: str, signum: int) -> None:
         self.processes[name].send_signal(signum)

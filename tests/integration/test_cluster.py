@@ -1,0 +1,365 @@
+"""The cluster (SPEC 5) with real components: three relay node processes and Debian's redis-server,
+on 127.0.0.1 ports, started and stopped by the tests (tests/cluster_nodes.py, tests/real_redis.py).
+
+Routing (the cookie of the host, forwarding from any node), failover after kill -9 (the next replica
+takes over with a new epoch; no slave sees a duplicate or a reorder after its resync), a restarted
+node (still one host per session), a host paused past its lease (it serves nothing stale), Redis
+restarted under load (running sessions never stop), and the refusals at start.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import trio
+
+import relay
+from relay._accel import build_envelope, peek_envelope
+from cluster_nodes import ClusterNodes, write_cluster_file
+from real_redis import RedisServer
+
+pytestmark = pytest.mark.slow
+
+LEASE_TTL_S = 2.0
+FAILOVER_BUDGET_S = 15.0  # kill -9 to a hello from the new host: lease TTL + reconnect retries, bounded
+
+
+@pytest.fixture
+def redis(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(tmp_path, redis):
+    nodes = ClusterNodes(tmp_path / "nodes", redis.url, lease_ttl_s=LEASE_TTL_S)
+    try:
+        nodes.start_all()
+        yield nodes
+    except BaseException:
+        print(nodes.logs())
+        raise
+    finally:
+        nodes.stop_all()
+
+
+def cookie_of(headers) -> str:
+    values = [value for name, value in headers if name == "set-cookie" and value.startswith("gcbSessionServer=")]
+    assert values, f"no gcbSessionServer cookie in {headers}"
+    assert len(set(values)) == 1, values
+    return values[0].split(";")[0].split("=", 1)[1]
+
+
+def client(cluster: ClusterNodes, name: str) -> relay.Client:
+    return relay.Client("127.0.0.1", cluster.public(name))
+
+
+async def connect_until_hello(cluster, names, session_id, token, *, budget_s=FAILOVER_BUDGET_S, **resume):
+    """Reconnect the way a client does after its host died: through any node, retrying on 503."""
+    statuses = []
+    with trio.fail_after(budget_s):
+        attempt = 0
+        while True:
+            name = names[attempt % len(names)]
+            attempt += 1
+            try:
+                connection = await client(cluster, name).connect(session_id, token, **resume)
+                envelope = await connection.receive()
+                assert envelope.kind == "hello", envelope
+                return connection, envelope.decode(), statuses
+            except relay.HTTPStatusError as exc:
+                statuses.append(exc.status)
+                assert exc.status == 503, exc  # "not yet": never 404, 403 or 500 while a session moves
+                assert any(name == "retry-after" for name, _ in exc.headers), exc.headers
+            except relay.ConnectionClosed as exc:
+                statuses.append(exc.code)
+            await trio.sleep(0.2)
+
+
+async def receive_until(connection, kind: str, limit: int = 100) -> list:
+    got = []
+    for _ in range(limit):
+        envelope = await connection.receive()
+        got.append(envelope)
+        if envelope.kind == kind:
+            return got
+    raise AssertionError(f"no {kind} in {[e.kind for e in got]}")
+
+
+def hosts_of(cluster: ClusterNodes, session_id: str) -> list:
+    return [name for name in cluster.processes if session_id in (cluster.view(name) or {}).get("epochs", {})]
+
+
+async def test_the_seeds_procedure_create_and_join_get_the_hosts_cookie_from_any_node(cluster):
+    a, b, c = cluster.names
+    with trio.fail_after(20):
+        creator = client(cluster, a)
+        created = await creator.create_session()
+        assert created["node"] == a and cookie_of(creator.last_headers) == a  # a node mints IDs it owns
+        for name in (b, c):  # a fresh client, no cookie, joins through another node
+            joiner = client(cluster, name)
+            joined = await joiner.join(created["session"], agent=f"agent-{name}")
+            assert joined["node"] == a
+            assert cookie_of(joiner.last_headers) == a
+        master = await creator.connect(created["session"], created["master_token"])
+        assert (await master.receive()).kind == "hello"
+        slave = await client(cluster, c).connect(created["session"], joined["slave_token"])  # forwarded to a
+        hello = (await slave.receive()).decode()
+        assert hello["epoch"] == 1 and hello["role"] == "slave"
+        await master.send("snapshot", msgpack.packb("<html>page</html>"))
+        got = await receive_until(slave, "snapshot")
+        assert got[-1].decode() == "<html>page</html>" and got[-1].sender == "master"
+        await slave.send("pointer", msgpack.packb({"x": 1, "y": 2}))
+        pointer = await receive_until(master, "pointer")
+        assert pointer[-1].sender == joined["slave"]
+        views = {name: cluster.view(name) for name in cluster.names}
+        assert hosts_of(cluster, created["session"]) == [a]
+        assert {tuple(v["live"]) for v in views.values()} == {tuple(sorted(cluster.names))}
+        assert len({v["ring_version"] for v in views.values()}) == 1
+
+
+async def test_a_forwarded_websocket_carries_the_hosts_cookie_and_long_poll_is_forwarded_too(cluster):
+    a, b, c = cluster.names
+    with trio.fail_after(20):
+        created = await client(cluster, a).create_session()
+        joined = await client(cluster, a).join(created["session"])
+        # A WebSocket through b with a's cookie lost: the 101 comes from a, with a's cookie.
+        other = relay.Client("127.0.0.1", cluster.public(b), cookie=f"gcbSessionServer={b}")
+        slave = await other.connect(created["session"], joined["slave_token"])
+        assert cookie_of(slave.response_headers) == a
+        assert (await slave.receive()).kind == "hello"
+        # Long-poll through c: the GET is answered by a (its hello), with a's cookie.
+        poller = client(cluster, c)
+        status, headers, body = await poller.request(
+            "GET", f"/cobrowse/poll/{created['session']}?token={created['master_token']}")
+        assert status == 200, body
+        assert cookie_of(headers) == a
+        kind, _seq, offset, end = peek_envelope(body)
+        assert kind == "hello"
+        # The master's envelope posted through c reaches the slave on b's forwarded WebSocket.
+        post = build_envelope("mutation", 0, msgpack.packb("m1"))
+        status, headers, body = await poller.request(
+            "POST", f"/cobrowse/poll/{created['session']}?token={created['master_token']}", post)
+        assert status in (200, 204), body
+        got = await receive_until(slave, "mutation")
+        assert got[-1].decode() == "m1"
+        forwarded = [cluster.view(name) for name in (b, c)]
+        assert all(view["sessions_hosted"] == 0 for view in forwarded)
+
+
+async def test_one_agent_holds_sessions_hosted_by_two_nodes(cluster):
+    a, b, c = cluster.names
+    with trio.fail_after(20):
+        first = await client(cluster, a).create_session()
+        second = await client(cluster, b).create_session()
+        assert (first["node"], second["node"]) == (a, b)
+        agent = relay.Client("127.0.0.1", cluster.public(c), cookie=f"gcbSessionServer={a}")  # one cookie jar
+        slaves = []
+        for created in (first, second):
+            joined = await agent.join(created["session"], agent="agent-7")
+            slave = await agent.connect(created["session"], joined["slave_token"])
+            assert (await slave.receive()).kind == "hello"
+            master = await client(cluster, created["node"]).connect(created["session"], created["master_token"])
+            assert (await master.receive()).kind == "hello"
+            slaves.append((master, slave, created["node"]))
+        for master, slave, node in slaves:
+            await master.send("mutation", msgpack.packb(f"from {node}"))
+        for master, slave, node in slaves:
+            assert (await receive_until(slave, "mutation"))[-1].decode() == f"from {node}"
+
+
+async def test_kill_9_of_the_host_moves_its_session_to_the_next_replica_without_duplicates(cluster):
+    a, b, c = cluster.names
+    with trio.fail_after(60):
+        created = await client(cluster, a).create_session()
+        session_id = created["session"]
+        joined = [await client(cluster, name).join(session_id, agent=f"agent-{i}") for i, name in enumerate((b, c))]
+        master = await client(cluster, a).connect(session_id, created["master_token"])
+        await master.receive()
+        slaves = [await client(cluster, a).connect(session_id, j["slave_token"]) for j in joined]
+        for slave in slaves:
+            await slave.receive()
+        await master.send("snapshot", msgpack.packb("v1"))
+        for n in range(5):
+            await master.send("mutation", msgpack.packb(n))
+        last_seen = []
+        for slave in slaves:
+            got = await receive_until(slave, "mutation", 50)
+            while got[-1].decode() != 4:
+                got += await receive_until(slave, "mutation", 50)
+            last_seen.append(got[-1].seq)
+
+        killed_at = time.monotonic()
+        cluster.kill(a)
+        successors = [b, c]
+        master2, hello, statuses = await connect_until_hello(cluster, successors, session_id, created["master_token"])
+        assert hello["epoch"] == 2 and hello["role"] == "master"
+        new_host = hosts_of(cluster, session_id)
+        assert len(new_host) == 1 and new_host[0] in successors
+        # The master re-sends its snapshot (the new host has no history) and goes on.
+        await master2.send("snapshot", msgpack.packb("v2"))
+        for n in range(5, 10):
+            await master2.send("mutation", msgpack.packb(n))
+        for slave_joined, seq in zip(joined, last_seen):
+            slave2, hello, _ = await connect_until_hello(cluster, successors, session_id, slave_joined["slave_token"],
+                                                         after=seq, epoch=1)
+            assert hello["epoch"] == 2 and hello["catchup"] == "resync"  # the old stream cannot be continued
+            seqs, bodies = [], []
+            while not bodies or bodies[-1] != 9:
+                envelope = await slave2.receive()
+                if envelope.seq:
+                    seqs.append(envelope.seq)
+                if envelope.kind in ("snapshot", "mutation"):
+                    bodies.append(envelope.decode())
+            assert seqs == sorted(set(seqs)), seqs  # no duplicate, no reorder
+            assert bodies == ["v2", 5, 6, 7, 8, 9]
+        print(f"failover: {time.monotonic() - killed_at:.2f} s, statuses while moving: {statuses}")
+
+
+async def test_a_restarted_node_leaves_moved_sessions_where_they_are(cluster):
+    a, b, c = cluster.names
+    with trio.fail_after(60):
+        created = await client(cluster, a).create_session()
+        session_id = created["session"]
+        cluster.kill(a)
+        _master, hello, _ = await connect_until_hello(cluster, [b, c], session_id, created["master_token"])
+        assert hello["epoch"] == 2
+        [moved_to] = hosts_of(cluster, session_id)
+        cluster.start(a)
+        joiner = client(cluster, a)
+        joined = await joiner.join(session_id)  # through the node that created it: forwarded
+        assert joined["node"] == moved_to and cookie_of(joiner.last_headers) == moved_to
+        slave = await client(cluster, a).connect(session_id, joined["slave_token"])
+        assert (await slave.receive()).decode()["epoch"] == 2
+        assert hosts_of(cluster, session_id) == [moved_to]
+
+
+async def test_a_host_paused_past_its_lease_serves_nothing_stale_when_it_continues(cluster):
+    a, b, c = cluster.names
+    with trio.fail_after(60):
+        created = await client(cluster, a).create_session()
+        session_id = created["session"]
+        joined = await client(cluster, a).join(session_id)
+        old_master = await client(cluster, a).connect(session_id, created["master_token"])
+        await old_master.receive()
+        old_slave = await client(cluster, a).connect(session_id, joined["slave_token"])
+        await old_slave.receive()
+
+        cluster.signal(a, signal.SIGSTOP)
+        try:
+            new_master, hello, _ = await connect_until_hello(cluster, [b, c], session_id, created["master_token"])
+            assert hello["epoch"] == 2
+            new_slave, hello, _ = await connect_until_hello(cluster, [b, c], session_id, joined["slave_token"])
+            # The paused host's clients still have their sockets open: it must not serve them.
+            await old_master.send("mutation", msgpack.packb("stale"))
+        finally:
+            cluster.signal(a, signal.SIGCONT)
+        await new_master.send("mutation", msgpack.packb("fresh"))
+        assert (await receive_until(new_slave, "mutation"))[-1].decode() == "fresh"
+        with pytest.raises(relay.ConnectionClosed) as closed:
+            while True:
+                envelope = await old_slave.receive()
+                assert envelope.kind != "mutation", "the paused host delivered a message after its lease ran out"
+        assert closed.value.code == 1012
+        deadline = trio.current_time() + 5
+        while session_id in (cluster.view(a) or {}).get("epochs", {}):
+            assert trio.current_time() < deadline, cluster.view(a)
+            await trio.sleep(0.1)
+        assert hosts_of(cluster, session_id) != [a]
+
+
+async def test_redis_restarted_under_load_running_sessions_never_stop(cluster, redis):
+    a, b, c = cluster.names
+    with trio.fail_after(60):
+        created = await client(cluster, a).create_session()
+        session_id = created["session"]
+        joined = await client(cluster, b).join(session_id)
+        master = await client(cluster, a).connect(session_id, created["master_token"])
+        await master.receive()
+        slave = await client(cluster, a).connect(session_id, joined["slave_token"])
+        await slave.receive()
+        sent = 0
+        received = []
+        redis_down = trio.Event()
+        refused_while_down = []
+
+        async def send_for(seconds):
+            nonlocal sent
+            end = trio.current_time() + seconds
+            while trio.current_time() < end:
+                await master.send("mutation", msgpack.packb(sent))
+                sent += 1
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            async def receive_all():
+                while True:
+                    envelope = await slave.receive()
+                    if envelope.kind == "mutation":
+                        received.append(envelope.decode())
+
+            nursery.start_soon(receive_all)
+            await send_for(1.0)
+            redis.kill()
+            redis_down.set()
+            await send_for(2 * LEASE_TTL_S + 1.0)  # longer than a lease: the nodes agree Redis is down
+            try:
+                await client(cluster, b).create_session()
+            except relay.HTTPStatusError as exc:
+                refused_while_down.append((exc.status, dict(exc.headers).get("retry-after")))
+            redis.start()  # empty: no persistence
+            await send_for(2 * LEASE_TTL_S + 1.0)
+            with trio.fail_after(5):
+                while len(received) < sent:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert received == list(range(sent)), "a running session lost or reordered messages while Redis was down"
+        assert refused_while_down and refused_while_down[0][0] == 503 and refused_while_down[0][1]
+        # Redis is back: the node wrote its sessions again, and creates work again.
+        deadline = trio.current_time() + 10
+        while True:
+            try:
+                created2 = await client(cluster, b).create_session()
+                break
+            except relay.HTTPStatusError as exc:
+                assert exc.status == 503 and trio.current_time() < deadline
+                await trio.sleep(0.2)
+        assert created2["node"] == b
+        joiner = client(cluster, c)
+        assert (await joiner.join(session_id))["node"] == a  # the session's record is back in Redis
+
+
+def _serve(cluster_file, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "relay", "serve", "--cluster", str(cluster_file), "--node-name", name],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_a_node_with_another_ring_refuses_to_start_and_says_why(cluster, redis, tmp_path):
+    other = tmp_path / "other.toml"
+    write_cluster_file(other, cluster.names, redis.url, rf=1, lease_ttl_s=LEASE_TTL_S)  # other ports and RF
+    cluster.kill(cluster.names[0])
+    time.sleep(LEASE_TTL_S + 0.5)  # its lease lapses: the name is free, the others are live
+    done = _serve(other, cluster.names[0])
+    assert done.returncode == 2, done.stderr
+    assert "ring version" in done.stderr
+    assert cluster.names[1] in done.stderr or cluster.names[2] in done.stderr
+
+
+def test_two_live_nodes_may_not_share_a_name(cluster):
+    done = _serve(cluster.file, cluster.names[1])
+    assert done.returncode == 2, done.stderr
+    assert f"a node named {cluster.names[1]} is already live" in done.stderr
+
+
+async def test_without_redis_a_create_answers_503_with_retry_after(cluster, redis):
+    redis.kill()
+    with trio.fail_after(10):
+        with pytest.raises(relay.HTTPStatusError) as refused:
+            await client(cluster, cluster.names[0]).create_session()
+    assert refused.value.status == 503
+    assert dict(refused.value.headers).get("retry-after")
