@@ -19,6 +19,7 @@ Kleppmann 2016): a node whose epoch is stale can never write that session again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -139,24 +140,33 @@ class StateStore:
         options = dict(connect_timeout=REDIS_CONNECT_TIMEOUT_S, stream_timeout=REDIS_CALL_TIMEOUT_S,
                        retry_policy=coredis.retry.NoRetryPolicy())
         if sentinels:
-            self._sentinel = coredis.Sentinel(list(sentinels), sentinel_kwargs=dict(options), **options)
+            timeouts = dict(connect_timeout=REDIS_CONNECT_TIMEOUT_S, stream_timeout=REDIS_CALL_TIMEOUT_S)
+            self._sentinel = coredis.Sentinel(list(sentinels), sentinel_kwargs=timeouts, **timeouts)
             self._client = self._sentinel.primary_for(service, db=db)
         else:
             self._sentinel = None
             self._client = coredis.Redis(host, port, db, **options)
         self._scripts = {}
-        self._context = None
+        self._stack: Optional[contextlib.AsyncExitStack] = None
 
     async def __aenter__(self) -> "StateStore":
-        self._context = self._client
-        await self._client.__aenter__()
+        self._stack = contextlib.AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            if self._sentinel is not None:  # the sentinels' own connections, asked for the primary
+                for sentinel in self._sentinel.sentinels:
+                    await self._stack.enter_async_context(sentinel)
+            await self._stack.enter_async_context(self._client)
+        except BaseException:
+            await self._stack.aclose()
+            raise
         for name, source in (("renew_lease", RENEW_LEASE), ("create", CREATE_SESSION), ("take_over", TAKE_OVER),
                              ("fenced_write", FENCED_WRITE), ("end", END_SESSION)):
             self._scripts[name] = self._client.register_script(source)
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        await self._client.__aexit__(*exc_info)
+        await self._stack.__aexit__(*exc_info)
 
     # ------------------------------------------------------------------ keys
 
