@@ -20,6 +20,9 @@ SUITES = {
     "longpoll": ("benchmarks.longpoll",
                  "long-poll GET cycles per second with a new connection per GET against one kept-alive "
                  "connection (~20 s)"),
+    "cluster": ("benchmarks.cluster",
+                "a cluster of relay nodes with redis-server: the forwarded hop against a direct connection, "
+                "and failover time over 20 kills -9 (--quick: ~1.5 min)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }

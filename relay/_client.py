@@ -288,9 +288,14 @@ class ClientConnection:
             raise
 
     async def send_raw(self, data: bytes | bytearray | memoryview) -> None:
-        """Send bytes as they are (tests use this to send malformed frames)."""
+        """Send bytes as they are (tests use this to send malformed frames).  ConnectionClosed
+        (1006) when the connection is gone, as ``receive`` says it."""
         async with self._send_lock:
-            await send_buffers(self.sock, [data], self.yielder)
+            try:
+                await send_buffers(self.sock, [data], self.yielder)
+            except Broken as exc:
+                self.closed = True
+                raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
 
     async def send(self, kind: str, body: bytes, *, seq: int = 0) -> None:
         """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``)."""

@@ -50,6 +50,8 @@ def parse_args(argv=None):
                         help="relay: a real session; plain: a peer broadcast server (/pub, /sub)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--subscriber-port", type=int, default=None,
+                        help="relay: the port the subscribers connect to (another node of a cluster: forwarded)")
     parser.add_argument("--slaves", type=int, default=4)
     parser.add_argument("--size", type=int, default=1024, help="envelope bytes per (small) message")
     parser.add_argument("--count", type=int, default=10000, help="messages (latejoin: mutations in the history)")

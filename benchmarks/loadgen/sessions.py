@@ -18,15 +18,22 @@ async def open_session(args, slaves: int, *, first_snapshot: bool = True, raw_su
     if args.target == "relay":
         client = Client(args.host, args.port)
         created = await client.create_session()
+        # Keep the sticky cookie as a browser does: behind a load balancer it pins the session's
+        # connections to its host.
+        cookies = [value.split(";", 1)[0] for name, value in client.last_headers if name == "set-cookie"]
+        if cookies:
+            client.cookie = cookies[-1]
         publisher = await client.connect(created["session"], created["master_token"])
         if first_snapshot:
             # A snapshot first, as a real master would: slaves then hold a consistent state.  Its
             # body is a msgpack str, so that receivers do not take it for a timed message.
             await publisher.send(SNAPSHOT_KIND, msgpack.packb("<html></html>"))
         subscribers = []
+        # --subscriber-port: the slaves enter through another node of a cluster (forwarded to the host)
+        entry = Client(args.host, getattr(args, "subscriber_port", None) or args.port, cookie=client.cookie)
         for index in range(slaves):
             joined = await client.join(created["session"], agent=f"bench-{index}")
-            subscribers.append(await client.connect(created["session"], joined["slave_token"], decode=decode))
+            subscribers.append(await entry.connect(created["session"], joined["slave_token"], decode=decode))
         return publisher, subscribers
     headers = [("host", args.host)]
     subscribers = [await ClientConnection.open(args.host, args.port, "/sub", headers=headers, decode=decode)
