@@ -346,3 +346,25 @@ def test_real_nginx_refuses_a_broken_config_so_the_check_above_can_fail(tmp_path
     broken = nginx_config(cluster).replace("proxy_connect_timeout 2s;", "proxy_connect_timeout two seconds;")
     checked = check_nginx_config(broken)
     assert checked.returncode != 0 and "proxy_connect_timeout" in checked.stderr
+
+
+def test_the_nginx_config_command_prints_the_generator_s_text(tmp_path):
+    import sys
+    cluster = write_cluster(tmp_path / "cluster.toml", [("CB_Server_1", 8700, 8701), ("CB_Server_2", 8710, 8711)])
+    node_config = tmp_path / "relay.toml"
+    node_config.write_text("ping_interval_s = 40.0\nidle_timeout_s = 120.0\ncookie_name = \"sticky\"\n")
+
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "relay", "nginx-config", "--cluster", str(tmp_path / "cluster.toml"),
+                               *args], capture_output=True, text=True, timeout=30,
+                              cwd=pathlib.Path(__file__).resolve().parents[2])
+
+    done = command("--listen", "8080", "--server-name", "lb.example")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == nginx_config(cluster, listen="8080", server_name="lb.example")
+    assert check_nginx_config(done.stdout).returncode == 0
+    # The nodes' own TOML file shapes it: their ping interval and cookie name.
+    shaped = command("--config", str(node_config)).stdout
+    assert "proxy_read_timeout 120s;" in shaped and "map $cookie_sticky $relay_upstream" in shaped
+    refused = command("--listen", "http://x")
+    assert refused.returncode == 2 and "relay: error: listen" in refused.stderr
