@@ -57,9 +57,6 @@ PROXY_BUFFER_BYTES = 1 * MiB
 MIN_PROXY_BUFFERS = 4  # proxy_busy_buffers_size (2 buffers) must stay below all buffers but one
 PROXY_HEADER_BUFFER_BYTES = 64 * KiB  # response head, and each direction of a WebSocket tunnel
 CLIENT_BODY_BUFFER_BYTES = 1 * MiB  # larger long-poll bodies go to a temporary file
-# nginx lets a little more through than relay accepts, so that relay (not nginx) refuses a body too
-# large, with its own JSON error naming the limit.
-BODY_SIZE_MARGIN_BYTES = 1 * MiB
 
 # Node names become map keys and upstream names: keep them to characters nginx needs no quoting for.
 NODE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -156,7 +153,6 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
         listens.append(_listen_directive(tls_listen, "TLS listen") + " ssl")
     addresses = {name: _upstream_address(spec.public, name) for name, spec in nodes.items()}
     read_timeout_s = math.ceil(READ_TIMEOUT_FACTOR * max(ping_interval_s, poll_wait_s))
-    body_limit = max(poll_body_bytes, max_message_bytes) + BODY_SIZE_MARGIN_BYTES
     buffers = max(MIN_PROXY_BUFFERS, math.ceil(max_message_bytes / PROXY_BUFFER_BYTES))
     cluster_name = getattr(cluster, "name", "?")
 
@@ -242,9 +238,9 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
         add(f"        ssl_certificate {_check_path(tls_cert, 'TLS certificate')};")
         add(f"        ssl_certificate_key {_check_path(tls_key, 'TLS key')};")
     add("")
-    add(f"        # Long-poll POST bodies: relay's poll_body_bytes ({_size(poll_body_bytes)}) and max_message_bytes")
-    add(f"        # ({_size(max_message_bytes)}), plus a margin so that relay itself refuses what is too large.")
-    add(f"        client_max_body_size {_size(body_limit)};")
+    add(f"        # Long-poll POST bodies up to relay's poll_body_bytes ({_size(poll_body_bytes)}).  Exactly that: relay")
+    add("        # answers a larger body at once and closes, which nginx, still sending it, would report as 502.")
+    add(f"        client_max_body_size {_size(poll_body_bytes)};")
     add(f"        client_body_buffer_size {_size(CLIENT_BODY_BUFFER_BYTES)};")
     add("")
     add("        proxy_http_version 1.1;")

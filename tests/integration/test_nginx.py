@@ -368,3 +368,36 @@ def test_the_nginx_config_command_prints_the_generator_s_text(tmp_path):
     assert "proxy_read_timeout 120s;" in shaped and "map $cookie_sticky $relay_upstream" in shaped
     refused = command("--listen", "http://x")
     assert refused.returncode == 2 and "relay: error: listen" in refused.stderr
+
+
+async def test_large_messages_and_bodies_pass_nginx_and_relay_has_the_last_word_on_size(tmp_path):
+    """A 12 MiB snapshot reaches a WebSocket slave and a long-poll slave through nginx's buffers; a
+    long-poll body of relay's poll_body_bytes reaches relay (nginx buffers it in its temporary
+    folder, as the worker user); one byte more and nginx answers 413 itself."""
+    snapshot = bytes(range(256)) * (12 * 1024 * 4)  # 12 MiB
+    with trio.fail_after(60):
+        async with relay_behind_nginx(tmp_path) as (server, _listening, nginx):
+            page = browser(nginx)
+            created = await page.create_session()
+            by_socket = await page.join(created["session"], agent="socket")
+            by_poll = await page.join(created["session"], agent="poll")
+            poll_target = f"/cobrowse/poll/{created['session']}?token={by_poll['slave_token']}"
+            assert (await page.request("GET", poll_target))[0] == 200  # attach the long-poll slave
+            master = await page.connect(created["session"], created["master_token"])
+            slave = await page.connect(created["session"], by_socket["slave_token"])
+            await master.send("snapshot", pack(snapshot))
+            received, _before = await recv_until(slave, lambda e: e.kind == "snapshot")
+            assert unpack(received.body) == snapshot
+            got = []
+            while not got:
+                status, _headers, body = await page.request("GET", poll_target)
+                assert status == 200
+                got = [item for item in envelopes(body) if item[0] == "snapshot"]
+            assert got[0][2] == snapshot
+            limit = server.config.poll_body_bytes
+            status, _headers, body = await page.request("POST", poll_target, b"\x00" * limit)
+            assert status == 400 and json.loads(body)["error"]  # relay read it: not an envelope
+            status, _headers, body = await page.request("POST", poll_target, b"\x00" * (limit + 1))
+            assert status == 413 and b"nginx" in body  # nginx's own page, before relay sees a byte
+            await slave.close()
+            await master.close()
