@@ -31,6 +31,9 @@ API_BODY_BYTES = 64 * 1024  # JSON bodies of create/join
 CORS_MAX_AGE_S = 600  # how long a browser may cache a preflight answer
 MAX_AGENT_ID_CHARS = 256  # an agent id is repeated in every presence event
 MAX_RESUME_DIGITS = 20  # after= and epoch= are 64-bit counters
+# What a trusted proxy may say about the browser's side of the connection (the Origin check).
+FORWARDED_SCHEMES = ("http", "https")
+FORWARDING_HEADERS = (b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for")
 CORS_HEADERS_PREFLIGHT = [
     ("access-control-allow-methods", "GET, POST, DELETE"),
     ("access-control-allow-headers", "content-type, authorization"),
@@ -86,6 +89,13 @@ def resume_params(query: dict) -> tuple:
     return number("after"), number("epoch")
 
 
+def _first_forwarded(value: Optional[str]) -> Optional[str]:
+    """The first element of a forwarded header ("https, http" -> "https"): the client-facing hop."""
+    if value is None:
+        return None
+    return value.split(",", 1)[0].strip() or None
+
+
 def _static(name: str) -> bytes:
     return importlib.resources.files("relay").joinpath("static", name).read_bytes()
 
@@ -139,16 +149,18 @@ class Api:
     def check_origin(self, request: Request) -> list:
         """SPEC 6: no Origin, the relay's own origin, or a configured one; 403 otherwise.
 
-        Returns the headers for every response to this request: an allowed cross-origin caller gets
-        the CORS headers that let a page on that origin read the answer and keep the sticky cookie
-        (credentials).
+        The relay's own origin is the scheme and Host the browser used.  Behind a load balancer that
+        is what the balancer passes on: ``X-Forwarded-Proto`` (and ``X-Forwarded-Host`` when present),
+        believed only from a TCP peer listed in ``trusted_proxies``: anyone else could claim any
+        origin.  Returns the headers for every response to this request: an allowed cross-origin
+        caller gets the CORS headers that let a page on that origin read the answer and keep the
+        sticky cookie (credentials).
         """
         origin = request.header(b"origin")
         if origin is None:
             return []
-        host = request.header(b"host")
-        scheme = request.header(b"x-forwarded-proto") or "http"
-        if host is not None and origin.lower() == f"{scheme}://{host}".lower():
+        own = self._own_origin(request)
+        if own is not None and origin.lower() == own.lower():
             return []
         allowed = self.config.allowed_origins
         if "*" in allowed or origin in allowed:
@@ -158,7 +170,40 @@ class Api:
                 ("access-control-expose-headers", "x-relay-seq"),
                 ("vary", "Origin"),
             ]
-        raise HTTPError(403, "origin-not-allowed", f"origin {origin!r} is not allowed")
+        raise HTTPError(403, "origin-not-allowed", self._origin_hint(request, origin, own))
+
+    def _from_trusted_proxy(self, request: Request) -> bool:
+        return bool(self._proxies.networks) and request.peer_ip is not None and request.peer_ip in self._proxies
+
+    def _own_origin(self, request: Request) -> Optional[str]:
+        """``scheme://host`` of this request as the browser sent it, or None without a Host."""
+        host = request.header(b"host")
+        scheme = "http"
+        if self._from_trusted_proxy(request):
+            forwarded_host = _first_forwarded(request.header(b"x-forwarded-host"))
+            if forwarded_host:
+                host = forwarded_host
+            forwarded_proto = (_first_forwarded(request.header(b"x-forwarded-proto")) or "").lower()
+            if forwarded_proto in FORWARDED_SCHEMES:
+                scheme = forwarded_proto
+        if not host:
+            return None
+        return f"{scheme}://{host}"
+
+    def _origin_hint(self, request: Request, origin: str, own: Optional[str]) -> str:
+        """The 403 message: what to configure so that this origin is allowed."""
+        message = f"origin {origin!r} is not allowed"
+        if own is not None:
+            message += f" (relay sees its own origin as {own!r})"
+        forwarded = any(request.header(name) is not None for name in FORWARDING_HEADERS)
+        if forwarded and not self._from_trusted_proxy(request):
+            return (f"{message}: the request came through a proxy ({request.peer_ip}) that is not in "
+                    f"trusted_proxies, so its X-Forwarded-Proto and X-Forwarded-Host are ignored: list it in "
+                    f"trusted_proxies (--trusted-proxies), or add the origin to allowed_origins "
+                    f"(--allowed-origins)")
+        return (f"{message}: add it to allowed_origins (--allowed-origins), or if a proxy forwards to relay, "
+                f"have it pass Host (proxy_set_header Host $http_host) and X-Forwarded-Proto and list it in "
+                f"trusted_proxies (--trusted-proxies)")
 
     async def preflight(self, request: Request) -> Response:
         """A CORS preflight from an allowed origin (the server checked the origin before)."""

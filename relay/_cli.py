@@ -1,4 +1,5 @@
-"""``python -m relay`` (and the ``relay`` console script): serve, echo, tokens, ring.
+"""``python -m relay`` (and the ``relay`` console script): serve, echo, tokens, ring, describe-cluster,
+nginx-config.
 
 Every ``serve`` flag is a Config setting of the same name (``--max-message-bytes`` is
 ``max_message_bytes`` in the TOML file); flags override the file, which overrides the defaults.
@@ -34,6 +35,8 @@ from relay._config import (
 from relay._logging import configure_logging, log_event
 from relay._fdlimit import raise_fd_limit
 from relay._malloc import tune_malloc
+from relay._describe import DEFAULT_DESCRIBE_TIMEOUT_S
+from relay._nginx import DEFAULT_NGINX_LISTEN, DEFAULT_NGINX_TLS_LISTEN
 from relay._ring import evenly_spaced_tokens
 
 __all__ = ["main"]
@@ -104,6 +107,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     ring = commands.add_parser("ring", help="print the ring of a cluster file, like nodetool ring")
     ring.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
+
+    describe = commands.add_parser(
+        "describe-cluster", help="ask every node of a cluster file whether it agrees on the ring",
+        description="Asks each node of the cluster file, on its private address, for its view (GET /cluster) "
+                    "and prints the cluster name, partitioner, ring version and, per node, UP (agrees or "
+                    "DISAGREES) or DOWN, like the seed's `describe cluster`. Exit status 0 when every node "
+                    "is up and agrees, 1 otherwise.")
+    describe.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
+    describe.add_argument("--timeout", type=float, default=DEFAULT_DESCRIBE_TIMEOUT_S, metavar="SECONDS",
+                          help=f"per node, for the whole answer (default: {DEFAULT_DESCRIBE_TIMEOUT_S:g})")
+
+    nginx = commands.add_parser(
+        "nginx-config", help="print an nginx configuration that balances a cluster",
+        description="Prints a complete nginx.conf for the cluster file, like the seed's Sample 2: one upstream "
+                    "per node (the others as backups), the gcbSessionServer cookie map, WebSocket upgrade, "
+                    "Host and X-Forwarded-* for relay's origin check, buffers and timeouts for relay's "
+                    "limits, fallback on 502/504 and rate limits on creates and joins. Run it with "
+                    "nginx -p DIR -c FILE -g 'daemon off; pid DIR/nginx.pid; error_log DIR/error.log;'. "
+                    "Every node must list nginx's address in trusted_proxies.")
+    nginx.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
+    nginx.add_argument("--listen", default=str(DEFAULT_NGINX_LISTEN), metavar="PORT",
+                       help=f"where nginx listens for HTTP: PORT or HOST:PORT (default: {DEFAULT_NGINX_LISTEN})")
+    nginx.add_argument("--server-name", default="_", metavar="NAME",
+                       help="nginx's server_name (default: _, any name)")
+    nginx.add_argument("--tls-cert", metavar="FILE", help="a certificate: add an HTTPS listener (TLS ends at nginx)")
+    nginx.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    nginx.add_argument("--tls-listen", default=str(DEFAULT_NGINX_TLS_LISTEN), metavar="PORT",
+                       help=f"where nginx listens for HTTPS with --tls-cert (default: {DEFAULT_NGINX_TLS_LISTEN})")
+    nginx.add_argument("--runtime-dir", metavar="DIR",
+                       help="put nginx's access log and temporary files in DIR (default: nginx's built-in paths)")
+    nginx.add_argument("--config", metavar="FILE",
+                       help="the nodes' relay TOML file: its cookie_name, ping_interval_s, poll_wait_s, "
+                            "poll_body_bytes and max_message_bytes shape the output (default: relay's defaults)")
     return parser
 
 
@@ -184,11 +220,39 @@ def cmd_ring(args: argparse.Namespace) -> None:
         print(f"{node:<20} {cluster.nodes[node].public:<22} {token:>42} {share:>7.2f}%  {replicas}")
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+def cmd_describe_cluster(args: argparse.Namespace) -> int:
+    """``relay describe-cluster``: every node's view of the cluster; 1 unless all are up and agree."""
+    from relay._cluster import load_cluster
+    from relay._describe import describe_cluster
+
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be positive, got {args.timeout:g}")
+    text, healthy = describe_cluster(load_cluster(args.cluster), timeout_s=args.timeout)
+    print(text, end="", flush=True)
+    return 0 if healthy else 1
+
+
+def cmd_nginx_config(args: argparse.Namespace) -> None:
+    """``relay nginx-config``: an nginx.conf for the cluster file, on stdout."""
+    from relay._cluster import load_cluster
+    from relay._nginx import nginx_config
+
+    node = Config.from_toml(args.config, base=Config.cli_defaults()) if args.config else Config.cli_defaults()
+    print(nginx_config(load_cluster(args.cluster), listen=args.listen, server_name=args.server_name,
+                       cookie_name=node.cookie_name, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                       tls_listen=args.tls_listen, runtime_dir=args.runtime_dir,
+                       ping_interval_s=node.ping_interval_s, poll_wait_s=node.poll_wait_s,
+                       poll_body_bytes=node.poll_body_bytes, max_message_bytes=node.max_message_bytes), end="")
+
+
+# A command returns None (success) or its exit status.
+COMMANDS: dict[str, Callable[[argparse.Namespace], Optional[int]]] = {
     "serve": cmd_serve,
     "echo": cmd_echo,
     "tokens": cmd_tokens,
     "ring": cmd_ring,
+    "describe-cluster": cmd_describe_cluster,
+    "nginx-config": cmd_nginx_config,
 }
 
 
@@ -200,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"relay: error: {exc}", file=sys.stderr)
         return 2
@@ -211,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"relay: error: {refusal}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def _first_leaf(group: BaseExceptionGroup, types: tuple):

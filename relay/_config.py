@@ -203,8 +203,9 @@ class Config:
 
     # Per-client limits on what anyone may ask (429 with Retry-After past them), by client address.
     trusted_proxies: list = setting(
-        None, "comma-separated IPs or CIDRs of load balancers whose X-Forwarded-For is believed (none by "
-              "default: the TCP peer is the client)", factory=list)
+        None, "comma-separated IPs or CIDRs of load balancers whose X-Forwarded-For, -Proto and -Host are believed "
+              "(none by default: the TCP peer is the client, the request's own Host and scheme its origin)",
+        factory=list)
     create_burst: int = setting(DEFAULT_CREATE_BURST, "sessions one client may create at once", check="positive")
     create_rate_per_min: float = setting(
         DEFAULT_CREATE_RATE_PER_MIN, "sessions one client may create per minute after its burst", check="positive")
