@@ -84,6 +84,66 @@ def measure_forward_hop(folder: Path, plan: dict) -> list:
     return rows
 
 
+LB_SESSIONS = 2  # load generators in parallel, one session each: with 2 nodes behind nginx, one per node
+
+
+async def _parallel_loadgens(ports: list, size: int, seconds: float) -> list:
+    import trio
+
+    results = [None] * len(ports)
+
+    async def one(index, port):
+        command = [sys.executable, "-m", "benchmarks.loadgen", "--workload", "fanout", "--target", "relay",
+                   "--port", str(port), "--slaves", str(HOP_SLAVES), "--size", str(size), "--count", "200000",
+                   "--max-duration-s", str(seconds)]
+        done = await trio.run_process(command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"load generator failed: {done.stderr.decode()[-1500:]}")
+        results[index] = json.loads(done.stdout)
+
+    async with trio.open_nursery() as nursery:
+        for index, port in enumerate(ports):
+            nursery.start_soon(one, index, port)
+    return results
+
+
+def measure_lb_hop(folder: Path, plan: dict) -> list:
+    """LB_SESSIONS sessions at once: through nginx to 2 nodes, against 1 node without nginx."""
+    import trio
+
+    from real_nginx import RealNginx
+    from relay._cluster import load_cluster
+    from relay._nginx import nginx_config
+
+    rows = []
+    with RedisServer(folder / "redis-lb") as redis, ClusterNodes(folder / "lb", redis.url, names=("A", "B"), rf=2,
+                                                                 extra_args=NODE_ARGS + ["--trusted-proxies",
+                                                                                         "127.0.0.1"]) as nodes:
+        nodes.start_all()
+        cluster = load_cluster(str(nodes.file))
+
+        async def run():
+            async with RealNginx.running(lambda port, directory: nginx_config(
+                    cluster, listen=f"127.0.0.1:{port}", runtime_dir=directory)) as nginx:
+                for size in HOP_SIZES:
+                    single, balanced = [], []
+                    for round_index in range(plan["rounds"]):
+                        order = [("single", [nodes.public("A")] * LB_SESSIONS), ("nginx", [nginx.port] * LB_SESSIONS)]
+                        if round_index % 2:
+                            order.reverse()
+                        for label, ports in order:
+                            results = await _parallel_loadgens(ports, size, plan["seconds"])
+                            total = sum(r["messages_per_s"] for r in results)
+                            p99 = max(r["latency_p99_s"] for r in results)
+                            (single if label == "single" else balanced).append({"messages_per_s": total,
+                                                                                  "latency_p99_s": p99})
+                    ratio = ratio_stats(paired_ratios([r["messages_per_s"] for r in balanced],
+                                                      [r["messages_per_s"] for r in single]))
+                    rows.append({"size": size, "single": single, "nginx_2_nodes": balanced, "throughput_ratio": ratio})
+        trio.run(run)
+    return rows
+
+
 async def _one_failover(nodes: ClusterNodes, rng: random.Random) -> dict:
     import msgpack
     import trio
@@ -191,7 +251,7 @@ def main(argv: list) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, 5 kills")
     parser.add_argument("--kills", type=int, default=None, help="failover samples (default 20; --quick 5)")
-    parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--skip-failover", action="store_true", help="the hops only")
     args = parser.parse_args(argv)
     plan = dict(PLANS["quick" if args.quick else "full"])
     if args.kills is not None:
@@ -210,6 +270,20 @@ def main(argv: list) -> int:
                       format_ratio(row["throughput_ratio"]),
                       f"{statistics.median(r['latency_p99_s'] for r in row['direct']) * 1000:.1f}",
                       f"{statistics.median(r['latency_p99_s'] for r in row['forwarded']) * 1000:.1f}"] for row in hop])
+        lb = None
+        if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+            lb = measure_lb_hop(folder, plan)
+            print_table(f"load balancer hop: {LB_SESSIONS} sessions of 1 -> 4 at once, nginx + 2 nodes vs 1 node direct",
+                        ["size", "1 node msg/s", "nginx+2 msg/s", "nginx+2 / 1 node", "1 node p99 ms", "nginx+2 p99 ms"],
+                        [[f"{row['size'] // KIB} KiB",
+                          f"{statistics.median(r['messages_per_s'] for r in row['single']):,.0f}",
+                          f"{statistics.median(r['messages_per_s'] for r in row['nginx_2_nodes']):,.0f}",
+                          format_ratio(row["throughput_ratio"]),
+                          f"{statistics.median(r['latency_p99_s'] for r in row['single']) * 1000:.1f}",
+                          f"{statistics.median(r['latency_p99_s'] for r in row['nginx_2_nodes']) * 1000:.1f}"]
+                         for row in lb])
+        else:
+            print("\nnginx is not installed (scripts/system-deps): the load balancer hop is left out")
         failover = None
         if not args.skip_failover:
             print(f"\nfailover: {plan['kills']} kills -9 of a session's host (lease_ttl_s {FAILOVER_LEASE_TTL_S})",
@@ -220,7 +294,7 @@ def main(argv: list) -> int:
                         [[failover["kills"], f"{failover['p50_s']:.2f}", f"{failover['p90_s']:.2f}",
                           f"{failover['min_s']:.2f}", f"{failover['max_s']:.2f}", failover["lease_ttl_s"]]])
     path = save_json("cluster", {"machine": machine_description(["coredis", "trio"]), "plan": plan,
-                                 "forward_hop": hop, "failover": failover})
+                                 "forward_hop": hop, "lb_hop": lb, "failover": failover})
     print(f"\nsaved {path}")
     return 0
 

@@ -37,3 +37,54 @@ def test_an_upgrade_keeps_its_connection_header_and_has_no_length():
     headers = dict(parsed.headers)
     assert headers[b"connection"] == b"Upgrade" and headers[b"upgrade"] == b"websocket"
     assert b"content-length" not in headers and FORWARDED_PEER not in headers
+
+
+import socket as _socket
+
+import pytest
+import trio
+
+from relay import _forward
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+async def test_the_pipe_moves_every_byte_in_order_and_ends_with_its_source(monkeypatch, splice):
+    monkeypatch.setattr(_forward, "SPLICE", splice)
+    source_far, source = _socket.socketpair()
+    sink, sink_far = _socket.socketpair()
+    for sock in (source_far, source, sink, sink_far):
+        sock.setblocking(False)
+    data = bytes(range(256)) * 4096 * 3  # 3 MiB: many pipe-fulls, and the sink's buffer fills up
+    counter = [0]
+    received = bytearray()
+
+    async def write():
+        await trio.lowlevel.checkpoint()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[source_far.send(view):]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(source_far)
+        source_far.shutdown(_socket.SHUT_WR)
+
+    async def read():
+        while True:
+            try:
+                chunk = sink_far.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sink_far)
+                continue
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            nursery.start_soon(read)
+            await _forward._pipe(source, sink, counter)
+            sink.shutdown(_socket.SHUT_WR)
+    assert bytes(received) == data and counter[0] == len(data)
+    for sock in (source_far, source, sink, sink_far):
+        sock.close()
