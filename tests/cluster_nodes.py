@@ -60,12 +60,13 @@ class ClusterNodes:
     def log(self, name: str) -> Path:
         return self.folder / f"{name}.{self.runs[name]}.log"
 
-    def start(self, name: str, *, wait: bool = True) -> subprocess.Popen:
+    def start(self, name: str, *, wait: bool = True, cluster_file: Optional[Path] = None) -> subprocess.Popen:
+        """Start node ``name`` (with another ``cluster_file`` than the shared one, e.g. another state store)."""
         self.runs[name] += 1
         log = open(self.log(name), "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--cluster", str(self.file), "--node-name", name,
+            [sys.executable, "-m", "relay", "serve", "--cluster", str(cluster_file or self.file), "--node-name", name,
              "--join-policy", "open", "--log-format", "json", "--create-burst", "10000", "--join-burst", "10000",
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
@@ -104,8 +105,12 @@ class ClusterNodes:
             return None
 
     def start_all(self) -> None:
+        self.start_all_with({})
+
+    def start_all_with(self, files: dict) -> None:
+        """Every node, ``files`` giving some of them their own cluster file."""
         for name in self.names:
-            self.start(name, wait=False)
+            self.start(name, wait=False, cluster_file=files.get(name))
         for name in self.names:
             self.wait_ready(name)
         self.wait_agreed()

@@ -363,3 +363,95 @@ async def test_without_redis_a_create_answers_503_with_retry_after(cluster, redi
             await client(cluster, cluster.names[0]).create_session()
     assert refused.value.status == 503
     assert dict(refused.value.headers).get("retry-after")
+
+
+class CuttableProxy:
+    """A TCP proxy to Redis for one node, that the test can cut (every connection dropped, new ones
+    refused) and mend: the node is cut off from Redis while the others still reach it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut = False
+        self.port = None
+        self._scopes = set()
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client):
+        if self.cut:
+            await client.aclose()
+            return
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                async with upstream, client, trio.open_nursery() as nursery:
+                    async def copy(a, b):
+                        try:
+                            async for chunk in a:
+                                await b.send_all(chunk)
+                        except trio.BrokenResourceError:
+                            pass
+                        nursery.cancel_scope.cancel()
+                    nursery.start_soon(copy, client, upstream)
+                    nursery.start_soon(copy, upstream, client)
+            except OSError:
+                pass
+            finally:
+                self._scopes.discard(scope)
+
+    def cut_off(self):
+        self.cut = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
+async def test_a_node_cut_off_from_redis_stops_hosting_while_the_others_take_over(tmp_path, redis):
+    names = ["CB_Server_1", "CB_Server_2", "CB_Server_3"]
+    proxy = CuttableProxy(redis.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        nodes = ClusterNodes(tmp_path / "nodes", redis.url, names=names, lease_ttl_s=LEASE_TTL_S)
+        # The first node reads the same cluster file but for its state store, which goes through the proxy.
+        cut_file = tmp_path / "nodes" / "cut.toml"
+        cut_file.write_text(nodes.file.read_text().replace(redis.url, f"redis://127.0.0.1:{proxy.port}/0"))
+        try:
+            # (in a thread: the proxy runs on this test's loop meanwhile)
+            await trio.to_thread.run_sync(nodes.start_all_with, {names[0]: cut_file})
+            a = names[0]
+            with trio.fail_after(60):
+                created = await client(nodes, a).create_session()
+                session_id = created["session"]
+                joined = await client(nodes, a).join(session_id)
+                master = await client(nodes, a).connect(session_id, created["master_token"])
+                await master.receive()
+                slave = await client(nodes, a).connect(session_id, joined["slave_token"])
+                await slave.receive()
+                cut_at = trio.current_time()
+                proxy.cut_off()
+                # The others still reach Redis, so the cut-off node lets its fence lapse and closes with 1012.
+                with pytest.raises(relay.ConnectionClosed) as closed:
+                    while True:
+                        await slave.receive()
+                assert closed.value.code == 1012
+                assert trio.current_time() - cut_at <= 2 * LEASE_TTL_S + 1.0
+                _, hello, _ = await connect_until_hello(nodes, names[1:], session_id, created["master_token"])
+                assert hello["epoch"] == 2
+                [new_host] = hosts_of(nodes, session_id)
+                assert new_host != a
+                view = nodes.view(a)
+                assert view["state_store"] == "unreachable" and view["sessions_hosted"] == 0
+                # And the cut-off node creates nothing meanwhile.
+                with pytest.raises(relay.HTTPStatusError) as refused:
+                    await client(nodes, a).create_session()
+                assert refused.value.status == 503
+        except BaseException:
+            print(nodes.logs())
+            raise
+        finally:
+            nodes.stop_all()
+            nursery.cancel_scope.cancel()
