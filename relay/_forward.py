@@ -18,7 +18,7 @@ import errno
 import os
 import socket
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import h11
 import trio
@@ -90,9 +90,10 @@ def forwarded_head(head: h11.Request, via: str, *, body_length: Optional[int], c
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _pipe(source: socket.socket, sink: socket.socket, counter: list) -> None:
+async def _pipe(source: socket.socket, sink: socket.socket, moved: Callable[[int], None]) -> None:
+    """Bytes from ``source`` to ``sink`` until ``source`` ends; ``moved(n)`` after each chunk."""
     if SPLICE:
-        await _splice(source, sink, counter)
+        await _splice(source, sink, moved)
         return
     buffer = bytearray(PIPE_BUFFER_BYTES)
     view = memoryview(buffer)
@@ -102,10 +103,10 @@ async def _pipe(source: socket.socket, sink: socket.socket, counter: list) -> No
         if count == 0:
             return
         await send_all(sink, view[:count], yielder)
-        counter[0] += count
+        moved(count)
 
 
-async def _splice(source: socket.socket, sink: socket.socket, counter: list) -> None:
+async def _splice(source: socket.socket, sink: socket.socket, moved: Callable[[int], None]) -> None:
     """Move bytes from socket to socket through a kernel pipe (Linux splice(2)): the payload never
     enters Python, and the kernel hands pages on instead of copying them twice through user space."""
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -132,7 +133,7 @@ async def _splice(source: socket.socket, sink: socket.socket, counter: list) -> 
                     yielder.waited()
                 except OSError as exc:
                     raise Broken(str(exc)) from None
-            counter[0] += count
+            moved(count)
             await yielder.account(count)
     finally:
         os.close(read_end)
@@ -165,12 +166,16 @@ async def forward_request(client: socket.socket, head: h11.Request, address: str
         raise HTTPError(503, "host-unreachable", f"the node hosting this session cannot be reached ({exc.strerror or exc}); "
                         "retry", [("retry-after", str(RETRY_AFTER_S))]) from None
     upgrade = body is None
-    sent = [0]
-    received = [0]
+    if metrics is not None:
+        metrics.forwarded.labels("websocket" if upgrade else "http").inc()
+        to_host, to_client = (metrics.forwarded_bytes.labels("to_host").inc,
+                              metrics.forwarded_bytes.labels("to_client").inc)
+    else:
+        to_host = to_client = _ignore
     try:
         first = forwarded_head(head, via, body_length=None if upgrade else len(body), client_ip=client_ip)
         await send_all(upstream, first + (leftover if upgrade else body), Yielder())
-        sent[0] += len(first) + len(leftover if upgrade else body)
+        to_host(len(first) + len(leftover if upgrade else body))
         # Nothing has gone to the client yet: until the host answers, a 503 can still be sent.
         answer = bytearray(PIPE_BUFFER_BYTES)
         count = None
@@ -182,32 +187,32 @@ async def forward_request(client: socket.socket, head: h11.Request, address: str
             raise HTTPError(503, "host-unresponsive", "the node hosting this session did not answer; retry",
                             [("retry-after", str(RETRY_AFTER_S))])
         await send_all(client, memoryview(answer)[:count], Yielder())
-        received[0] += count
+        to_client(count)
         del answer
         async with trio.open_nursery() as nursery:
-            async def to_client():
+            async def from_host():
                 try:
-                    await _pipe(upstream, client, received)
+                    await _pipe(upstream, client, to_client)
                 except Broken:
                     pass
                 nursery.cancel_scope.cancel()
 
-            async def to_host():
+            async def from_client():
                 try:
-                    await _pipe(client, upstream, sent)
+                    await _pipe(client, upstream, to_host)
                 except Broken:
                     pass
                 if upgrade:
                     nursery.cancel_scope.cancel()
                 # A plain request has nothing more to send: the host's answer still comes back.
 
-            nursery.start_soon(to_client)
-            nursery.start_soon(to_host)
+            nursery.start_soon(from_host)
+            nursery.start_soon(from_client)
     except Broken:
         pass
     finally:
         close_socket(upstream)
-        if metrics is not None:
-            metrics.forwarded.labels("websocket" if upgrade else "http").inc()
-            metrics.forwarded_bytes.labels("to_host").inc(sent[0])
-            metrics.forwarded_bytes.labels("to_client").inc(received[0])
+
+
+def _ignore(_count: int) -> None:
+    pass

@@ -91,6 +91,20 @@ async def receive_until(connection, kind: str, limit: int = 100) -> list:
     raise AssertionError(f"no {kind} in {[e.kind for e in got]}")
 
 
+def metric(cluster: ClusterNodes, name: str, sample: str) -> float:
+    """One sample of a node's private /metrics (0 when absent)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.private(name), timeout=2)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def hosts_of(cluster: ClusterNodes, session_id: str) -> list:
     return [name for name in cluster.processes if session_id in (cluster.view(name) or {}).get("epochs", {})]
 
@@ -150,6 +164,10 @@ async def test_a_forwarded_websocket_carries_the_hosts_cookie_and_long_poll_is_f
         assert got[-1].decode() == "m1"
         forwarded = [cluster.view(name) for name in (b, c)]
         assert all(view["sessions_hosted"] == 0 for view in forwarded)
+        assert metric(cluster, b, 'relay_forwarded_requests_total{kind="websocket"}') == 1
+        assert metric(cluster, c, 'relay_forwarded_requests_total{kind="http"}') == 2
+        assert metric(cluster, c, 'relay_forwarded_bytes_total{direction="to_host"}') > len(post)
+        assert metric(cluster, a, 'relay_redis_calls_total{operation="renew_lease"}') >= 1
 
 
 async def test_one_agent_holds_sessions_hosted_by_two_nodes(cluster):
@@ -201,6 +219,7 @@ async def test_kill_9_of_the_host_moves_its_session_to_the_next_replica_without_
         assert hello["epoch"] == 2 and hello["role"] == "master"
         new_host = hosts_of(cluster, session_id)
         assert len(new_host) == 1 and new_host[0] in successors
+        assert metric(cluster, new_host[0], "relay_takeovers_total") == 1
         # The master re-sends its snapshot (the new host has no history) and goes on.
         await master2.send("snapshot", msgpack.packb("v2"))
         for n in range(5, 10):

@@ -56,6 +56,9 @@ async def test_the_pipe_moves_every_byte_in_order_and_ends_with_its_source(monke
         sock.setblocking(False)
     data = bytes(range(256)) * 4096 * 3  # 3 MiB: many pipe-fulls, and the sink's buffer fills up
     counter = [0]
+
+    def moved(count):
+        counter[0] += count
     received = bytearray()
 
     async def write():
@@ -83,7 +86,7 @@ async def test_the_pipe_moves_every_byte_in_order_and_ends_with_its_source(monke
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write)
             nursery.start_soon(read)
-            await _forward._pipe(source, sink, counter)
+            await _forward._pipe(source, sink, moved)
             sink.shutdown(_socket.SHUT_WR)
     assert bytes(received) == data and counter[0] == len(data)
     for sock in (source_far, source, sink, sink_far):
