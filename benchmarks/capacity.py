@@ -213,6 +213,13 @@ def memory_per_session(step: dict, baseline: Optional[int]) -> Optional[float]:
     return (step["server_rss_bytes"] - baseline) / step["sessions"]
 
 
+def cpu_per_delivery(step: dict) -> Optional[float]:
+    """Server CPU seconds per delivered message: less sensitive than latency to other work on the machine."""
+    if step.get("server_cpu_share") is None or not step["delivered_per_s"]:
+        return None
+    return step["server_cpu_share"] / step["delivered_per_s"]
+
+
 def step_line(step: dict) -> str:
     return (f"{step['sessions']:>5} sessions: {step['delivered_per_s']:>8,.0f} deliveries/s, p50 "
             f"{_ms(step['latency_p50_s'])} ms, p99 {_ms(step['latency_p99_s'])} ms, max {_ms(step['latency_max_s'])} "
@@ -274,11 +281,11 @@ def memory_curve(result: dict, limit_s: float) -> dict:
 
 
 def comparison(results: dict, limit_s: float) -> dict:
-    """relay / picows: capacity (above 1: relay holds more sessions) and memory per session (above 1:
-    relay uses more), per round, the memory at the largest step both held under the limit."""
+    """relay / picows: capacity (above 1: relay holds more sessions), and memory per session and server
+    CPU per delivery (above 1: relay uses more) at the largest step both held under the limit, per round."""
     rounds = max(len(curves) for curves in results.values())
     relay, picows = results.get("relay", []), results.get("picows", [])
-    capacity_ratios, memory_ratios, at_sessions = [], [], []
+    capacity_ratios, memory_ratios, cpu_ratios, at_sessions = [], [], [], []
     for ours, theirs in zip(relay, picows):
         a, b = capacity_of(ours, limit_s), capacity_of(theirs, limit_s)
         capacity_ratios += paired_ratios([a["estimate"]], [b["estimate"]])
@@ -289,9 +296,11 @@ def comparison(results: dict, limit_s: float) -> dict:
             mine = memory_per_session(next(s for s in ours["steps"] if s["sessions"] == n), ours["baseline_rss_bytes"])
             other = memory_per_session(next(s for s in theirs["steps"] if s["sessions"] == n), theirs["baseline_rss_bytes"])
             memory_ratios += paired_ratios([mine], [other])
+            cpu_ratios += paired_ratios([cpu_per_delivery(next(s for s in ours["steps"] if s["sessions"] == n))],
+                                        [cpu_per_delivery(next(s for s in theirs["steps"] if s["sessions"] == n))])
             at_sessions.append(n)
     return {"rounds": rounds, "capacity": ratio_stats(capacity_ratios), "memory_per_session": ratio_stats(memory_ratios),
-            "memory_at_sessions": at_sessions}
+            "cpu_per_delivery": ratio_stats(cpu_ratios), "memory_at_sessions": at_sessions}
 
 
 def report(results: dict, plan: dict) -> dict:
@@ -306,6 +315,7 @@ def report(results: dict, plan: dict) -> dict:
                      "-" if memory_per_session(s, baseline) is None else f"{memory_per_session(s, baseline) / KIB:,.0f}",
                      f"{s['session_age_mean_s']:.0f}",
                      "-" if s["server_cpu_share"] is None else f"{100 * s['server_cpu_share']:.0f}",
+                     "-" if cpu_per_delivery(s) is None else f"{cpu_per_delivery(s) * 1e6:.0f}",
                      f"{100 * s['loadgen_cpu_share']:.0f}", _ms(s["send_lag_p99_s"]),
                      "-" if s.get("other_cpu_share") is None else f"{100 * s['other_cpu_share']:.0f}",
                      "/".join(_ms(p) for p in s["window_p99s_s"]), f"{s['setup_s']:.1f}"]
@@ -313,7 +323,7 @@ def report(results: dict, plan: dict) -> dict:
             print_table(f"{name} ({result['implementation']}), round {round_index + 1}: idle RSS {_mib(baseline)} MiB; "
                         f"stopped: {result['stopped_because']}",
                         ["sessions", "deliveries/s", "p50 ms", "p99 ms", "max ms", "late", "RSS MiB", "KiB/session",
-                         "age s", "server %", "loadgen %", "lag p99 ms", "other %", "p99 per window", "setup s"],
+                         "age s", "server %", "us/delivery", "loadgen %", "lag p99 ms", "other %", "p99 per window", "setup s"],
                         rows)
             capacity = capacity_of(result, limit_s)
             memory = memory_curve(result, limit_s)
@@ -331,7 +341,8 @@ def report(results: dict, plan: dict) -> dict:
               + " (above 1: relay holds more sessions); memory per session " + format_ratio(compared["memory_per_session"])
               + f" at {', '.join(str(n) for n in compared['memory_at_sessions']) or '-'} sessions (above 1: relay uses "
               "more: it keeps each session's latest snapshot and the mutations since for late joiners, picows keeps "
-              "nothing)")
+              "nothing); server CPU per delivery " + format_ratio(compared["cpu_per_delivery"])
+              + " at the same step (above 1: relay spends more)")
         bounds = [name for name in ("relay", "picows") for f in figures[name] if f["capacity"]["lower_bound"]]
         if bounds:
             print(f"note: {', '.join(sorted(set(bounds)))}: the capacity is a lower bound, so is or may be the ratio")
