@@ -1,6 +1,6 @@
 """How many sessions one node holds: the figure a deployment is sized by, against picows in the same run.
 
-    python -m benchmarks capacity            # steps up to 5,120 sessions, 20 s each: about 10-20 minutes
+    python -m benchmarks capacity            # steps up to 5,120 sessions, 20 s each: 7-20 minutes
     python -m benchmarks capacity --quick    # 10 -> 640 sessions, 8 s each: under 3 minutes
 
 A session is a master and two slaves; every master sends 20 mutations per second of 2 KiB and a
