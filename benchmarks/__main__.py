@@ -14,6 +14,9 @@ SUITES = {
                "relay vs picows, websockets, aiohttp (uvloop), trio-websocket and iperf3: fan-out "
                "1 -> 1/4/16, mixed trace, return path, idle connections, late join, a 1 KiB-16 MiB sweep "
                "(--quick: ~2 min, --sweep: the sweep only); installs what it needs first (see setup)"),
+    "capacity": ("benchmarks.capacity",
+                 "sessions one node holds (1 master + 2 slaves, 20 x 2 KiB/s, 1 MiB/min) with p99 under 50 ms, "
+                 "and its memory, as sessions are added, vs picows (--quick: < 3 min)"),
     "setup": ("benchmarks._setup",
               "install what fanout measures against when missing: the bench extra (into a venv only) "
               "and Debian's iperf3 (as root)"),

@@ -10,6 +10,8 @@ and the message index (``stamp.py``), so that receivers can compute latency and 
 The package, by responsibility:
 
 * ``fanout``, ``mixed``, ``returnpath``, ``idle``, ``latejoin``: one workload each (``--workload``);
+* ``capacity``: many sessions added step by step on one server (``python -m benchmarks.loadgen.capacity``,
+  its own options: several URLs and server processes, one JSON line per step);
 * ``stamp``: the timing stamp inside bodies and the message templates;
 * ``readers``: ``drain`` and ``SkimReader`` (frame headers only, for large messages);
 * ``sessions``: connecting publisher and subscribers to relay or a peer;

@@ -67,3 +67,16 @@ class Server:
             "server_cpu_s_per_mb": None if cpu is None or not delivered_bytes else cpu / (delivered_bytes / 1e6),
             "server_peak_rss_bytes": server_peak_rss_bytes(self.pid),
         }
+
+
+def machine_cpu_seconds() -> dict | None:
+    """CPU seconds of the whole machine so far, all cores summed (``/proc/stat``): ``busy`` (every
+    process and the kernel) and ``steal`` (time the hypervisor gave our virtual CPUs to others)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {"busy": (user + nice + system + irq + softirq) / ticks, "steal": steal / ticks}
