@@ -24,6 +24,9 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -136,11 +139,64 @@ def picows_server():
         yield Endpoints(((HOST, port),), (process.pid,), "picows on uvloop")
 
 
+CLUSTER_NODES = ("N1", "N2")
+
+
+@contextlib.contextmanager
+def cluster_behind_nginx():
+    """redis-server, 2 relay nodes (``serve --cluster``) and Debian's nginx running the config of
+    ``relay nginx-config``; sessions are created through nginx and pinned by the sticky cookie.  The
+    target's CPU and memory are the nodes' and nginx's (Redis is reported by nobody: it is idle)."""
+    sys.path.insert(0, str(ROOT / "tests"))  # the process harness the tests use
+    from cluster_nodes import ClusterNodes
+    from real_redis import RedisServer
+    from relay._cluster import load_cluster
+    from relay._nginx import nginx_config
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    with tempfile.TemporaryDirectory(prefix="capacity-cluster-") as folder:
+        folder = Path(folder)
+        os.chmod(folder, 0o755)  # nginx's workers (nobody, when run as root) use their folder here
+        with RedisServer(folder / "redis") as redis, ClusterNodes(
+                folder / "nodes", redis.url, names=CLUSTER_NODES, rf=2,
+                extra_args=[flag for flag in RELAY_FLAGS] + ["--trusted-proxies", HOST]) as nodes:
+            nodes.start_all()
+            port = free_port()
+            runtime = folder / "nginx"
+            runtime.mkdir()
+            os.chmod(runtime, 0o777)
+            config = runtime / "nginx.conf"
+            config.write_text(nginx_config(load_cluster(str(nodes.file)), listen=f"{HOST}:{port}",
+                                           runtime_dir=str(runtime), rate_limits=False))
+            process = subprocess.Popen([nginx, "-p", f"{runtime}/", "-c", str(config), "-g",
+                                        f"daemon off; pid {runtime}/nginx.pid; error_log {runtime}/error.log;"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while True:
+                    try:
+                        socket.create_connection((HOST, port), timeout=0.5).close()
+                        break
+                    except OSError:
+                        if process.poll() is not None or time.monotonic() > deadline:
+                            raise RuntimeError(f"nginx did not start: {(runtime / 'error.log').read_text()[-2000:]}")
+                        time.sleep(0.05)
+                workers = [int(pid) for pid in
+                           (Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split())]
+                pids = tuple(p.pid for p in nodes.processes.values()) + (process.pid, *workers)
+                yield Endpoints(((HOST, port),), pids, "2 relay nodes behind nginx")
+            finally:
+                process.terminate()
+                process.wait(10)
+
+
 #: Every target ``--target`` knows.  A cluster behind nginx is one more ``Target`` whose ``start()``
 #: starts Redis, the nodes and nginx, and yields nginx's URL with the nodes' (and nginx's) pids.
 TARGETS = {target.name: target for target in [
     Target("relay", "relay", relay_node, "one relay node (python -m relay serve), sessions over its HTTP API"),
     Target("picows", "plain", picows_server, "picows on uvloop: /pub/ID to the /sub/ID of the same ID"),
+    Target("cluster", "relay", cluster_behind_nginx,
+           "2 relay nodes (serve --cluster, redis-server) behind nginx (relay nginx-config), sticky cookie"),
 ]}
 DEFAULT_TARGETS = ["relay", "picows"]
 

@@ -124,7 +124,7 @@ def measure_lb_hop(folder: Path, plan: dict) -> list:
 
         async def run():
             async with RealNginx.running(lambda port, directory: nginx_config(
-                    cluster, listen=f"127.0.0.1:{port}", runtime_dir=directory)) as nginx:
+                    cluster, listen=f"127.0.0.1:{port}", runtime_dir=directory, rate_limits=False)) as nginx:
                 for size in HOP_SIZES:
                     single, balanced = [], []
                     for round_index in range(plan["rounds"]):

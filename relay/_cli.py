@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="nginx's server_name (default: _, any name)")
     nginx.add_argument("--tls-cert", metavar="FILE", help="a certificate: add an HTTPS listener (TLS ends at nginx)")
     nginx.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    nginx.add_argument("--no-rate-limits", action="store_true",
+                       help="leave out the per-client limits on session creates and joins (load tests from one address)")
     nginx.add_argument("--tls-listen", default=str(DEFAULT_NGINX_TLS_LISTEN), metavar="PORT",
                        help=f"where nginx listens for HTTPS with --tls-cert (default: {DEFAULT_NGINX_TLS_LISTEN})")
     nginx.add_argument("--runtime-dir", metavar="DIR",
@@ -242,7 +244,8 @@ def cmd_nginx_config(args: argparse.Namespace) -> None:
                        cookie_name=node.cookie_name, tls_cert=args.tls_cert, tls_key=args.tls_key,
                        tls_listen=args.tls_listen, runtime_dir=args.runtime_dir,
                        ping_interval_s=node.ping_interval_s, poll_wait_s=node.poll_wait_s,
-                       poll_body_bytes=node.poll_body_bytes, max_message_bytes=node.max_message_bytes), end="")
+                       poll_body_bytes=node.poll_body_bytes, max_message_bytes=node.max_message_bytes,
+                       rate_limits=not args.no_rate_limits), end="")
 
 
 # A command returns None (success) or its exit status.

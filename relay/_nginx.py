@@ -128,14 +128,15 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
                  tls_key: Optional[str] = None, tls_listen: Union[int, str] = DEFAULT_NGINX_TLS_LISTEN,
                  runtime_dir: Optional[str] = None, ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
                  poll_wait_s: float = DEFAULT_POLL_WAIT_S, poll_body_bytes: int = DEFAULT_POLL_BODY_BYTES,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> str:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rate_limits: bool = True) -> str:
     """The text of an nginx.conf that balances ``cluster`` (a :class:`relay._cluster.Cluster`).
 
     It needs nothing beside itself: no ``user``, ``pid`` or top-level ``error_log`` (give them with
     ``-g`` or let the defaults apply), no ``include mime.types``.  ``runtime_dir`` puts the access log
     and nginx's temporary files there (else nginx's built-in paths: /var/log/nginx, /var/lib/nginx on
     Debian).  ``tls_cert`` and ``tls_key`` add an HTTPS listener on ``tls_listen`` (TLS ends at nginx;
-    the nodes are reached over plain HTTP, like the seed's Sample 2).
+    the nodes are reached over plain HTTP, like the seed's Sample 2).  ``rate_limits=False`` leaves out
+    the per-client limits on creates and joins (for a load test from one address).
     """
     nodes = cluster.nodes
     if not nodes:
@@ -268,11 +269,13 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
     add(f"        proxy_send_timeout {read_timeout_s}s;")
     add("")
     add("        location = /cobrowse/sessions {")
-    add(f"            limit_req zone=relay_creates burst={CREATE_BURST} nodelay;")
+    if rate_limits:
+        add(f"            limit_req zone=relay_creates burst={CREATE_BURST} nodelay;")
     add("            proxy_pass http://$relay_upstream;")
     add("        }")
     add("        location ~ ^/cobrowse/sessions/[^/]+/join$ {")
-    add(f"            limit_req zone=relay_joins burst={JOIN_BURST} nodelay;")
+    if rate_limits:
+        add(f"            limit_req zone=relay_joins burst={JOIN_BURST} nodelay;")
     add("            proxy_pass http://$relay_upstream;")
     add("        }")
     add("        location /cobrowse/ {")

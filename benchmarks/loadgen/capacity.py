@@ -321,6 +321,10 @@ class Capacity:
             if self.args.protocol == "relay":
                 client = Client(host, port)
                 created = await client.create_session()
+                # Keep the sticky cookie, as a browser does: behind nginx it pins the session to its host.
+                cookies = [v.split(";", 1)[0] for k, v in client.last_headers if k == "set-cookie"]
+                if cookies:
+                    client.cookie = cookies[-1]
                 master = await client.connect(created["session"], created["master_token"])
                 # The first snapshot, as a master sends its page when it connects: slaves joining
                 # get it as their catch-up.
