@@ -28,7 +28,7 @@ def write_cluster_file(path: Path, names: list, redis_url: str, *, name: str = "
     tokens = evenly_spaced_tokens(len(names), partitioner)
     ports = {}
     lines = [f'cluster_name = "{name}"', f'partitioner = "{partitioner}"', f"replication_factor = {rf}",
-             f'state_store = "{redis_url}"', f"lease_ttl_s = {lease_ttl_s}", ""]
+             f"state_store = {_toml_store(redis_url)}", f"lease_ttl_s = {lease_ttl_s}", ""]
     for node, token in zip(names, tokens):
         public, private = free_port(), free_port()
         ports[node] = (public, private)
@@ -36,6 +36,11 @@ def write_cluster_file(path: Path, names: list, redis_url: str, *, name: str = "
                   f'private = "127.0.0.1:{private}"', f"initial_token = {token}", ""]
     path.write_text("\n".join(lines))
     return ports
+
+
+def _toml_store(store: str) -> str:
+    """A redis:// URL is quoted; anything else is a TOML value already (a Sentinel table)."""
+    return f'"{store}"' if store.startswith("redis://") else store
 
 
 class ClusterNodes:

@@ -76,3 +76,65 @@ class RedisServer:
 
     def __exit__(self, *exc_info) -> None:
         self.kill()
+
+
+REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
+SENTINEL_DOWN_AFTER_MS = 1000  # Sentinel's default is 30 s: a test cannot wait that long
+
+
+class SentinelRedis:
+    """A primary, its replica and one Sentinel watching them (quorum 1), all on loopback.
+
+    ``kill_primary()`` makes the Sentinel promote the replica within a few seconds, as
+    ``redis-sentinel`` does in production (with a longer ``down-after-milliseconds``)."""
+
+    SERVICE = "relay"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.primary = RedisServer(self.folder / "primary")
+        self.replica = RedisServer(self.folder / "replica")
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        subprocess.run(["redis-cli", "-p", str(self.replica.port), "replicaof", "127.0.0.1", str(self.primary.port)],
+                       check=True, capture_output=True, timeout=10)
+        config = self.folder / "sentinel.conf"
+        config.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                          f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+                          f"sentinel down-after-milliseconds {self.SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                          f"sentinel failover-timeout {self.SERVICE} 10000\n")
+        log = open(self.folder / "sentinel.log", "ab")
+        self.sentinel = subprocess.Popen([REDIS_SENTINEL, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ping(self.sentinel_port):
+            if self.sentinel.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-sentinel did not start: {(self.folder / 'sentinel.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def primary_port(self) -> int:
+        """The port the Sentinel names as primary now."""
+        answer = subprocess.run(["redis-cli", "-p", str(self.sentinel_port), "sentinel", "get-master-addr-by-name",
+                                 self.SERVICE], capture_output=True, text=True, timeout=10).stdout.split()
+        return int(answer[1])
+
+    def kill_primary(self) -> None:
+        self.primary.kill()
+
+    def stop(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.kill()
+            self.sentinel.wait(10)
+        self.replica.kill()
+        self.primary.kill()
+
+    def __enter__(self) -> "SentinelRedis":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -474,3 +474,61 @@ async def test_a_node_cut_off_from_redis_stops_hosting_while_the_others_take_ove
         finally:
             nodes.stop_all()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_sentinel_failover_of_redis_stops_no_running_session(tmp_path):
+    from real_redis import SentinelRedis
+
+    with SentinelRedis(tmp_path / "sentinel") as redis:
+        store = f'{{sentinels = ["127.0.0.1:{redis.sentinel_port}"], service = "{redis.SERVICE}", db = 0}}'
+        nodes = ClusterNodes(tmp_path / "nodes", store, lease_ttl_s=LEASE_TTL_S)
+        try:
+            nodes.start_all()
+            a, b, c = nodes.names
+            with trio.fail_after(60):
+                created = await client(nodes, a).create_session()
+                session_id = created["session"]
+                joined = await client(nodes, b).join(session_id)
+                master = await client(nodes, a).connect(session_id, created["master_token"])
+                await master.receive()
+                slave = await client(nodes, a).connect(session_id, joined["slave_token"])
+                await slave.receive()
+                old_primary = redis.primary.port
+                redis.kill_primary()
+                sent = 0
+                received = []
+                async with trio.open_nursery() as nursery:
+                    async def receive_all():
+                        while True:
+                            envelope = await slave.receive()
+                            if envelope.kind == "mutation":
+                                received.append(envelope.decode())
+                    nursery.start_soon(receive_all)
+                    deadline = trio.current_time() + 20
+                    while redis.primary_port() == old_primary:  # until the Sentinel promoted the replica
+                        assert trio.current_time() < deadline, "the Sentinel did not fail over"
+                        await master.send("mutation", msgpack.packb(sent))
+                        sent += 1
+                        await trio.sleep(0.02)
+                    # Then creates work again, on the new primary, and the session still flows.
+                    while True:
+                        try:
+                            created2 = await client(nodes, c).create_session()
+                            break
+                        except relay.HTTPStatusError as exc:
+                            assert exc.status == 503 and trio.current_time() < deadline + 10
+                            await master.send("mutation", msgpack.packb(sent))
+                            sent += 1
+                            await trio.sleep(0.1)
+                    with trio.fail_after(5):
+                        while len(received) < sent:
+                            await trio.sleep(0.02)
+                    nursery.cancel_scope.cancel()
+                assert received == list(range(sent))
+                assert created2["node"] == c
+                assert all(nodes.view(name)["state_store"] == "ok" for name in nodes.names)
+        except BaseException:
+            print(nodes.logs())
+            raise
+        finally:
+            nodes.stop_all()
