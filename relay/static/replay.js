@@ -17,6 +17,9 @@
     const nodes = new Map(); // the master's id -> replica node
     let ids = new WeakMap(); // replica node -> the master's id
     let viewport = null;
+    // Values this agent typed (write mode) that the master has not echoed yet: older echoes of the
+    // master's page are on their way and must not undo the keys typed since.
+    let typed = new WeakMap();
     let pendingScroll = null;
 
     function remember(id, node) {
@@ -76,6 +79,7 @@
       doc = frame.contentDocument;
       nodes.clear();
       ids = new WeakMap();
+      typed = new WeakMap();
       const later = [];
       const children = body.doc.c.map((child) => build(child, later));
       remember(body.doc.i, doc);
@@ -124,6 +128,10 @@
           case 'text': if (node) node.data = op[2]; break;
           case 'value':
             if (!node) break;
+            if (typed.has(node)) {
+              if (typed.get(node) === op[2]) typed.delete(node); // the echo of the latest keys
+              break;
+            }
             if (node.value !== op[2]) node.value = op[2];
             if (node.type === 'checkbox' || node.type === 'radio') node.checked = op[3];
             break;
@@ -150,6 +158,8 @@
       mutation: mutation,
       css: css,
       idOf: (node) => ids.get(node),
+      /** This agent typed value into node (and sent it): ignore the master's values until it echoes it. */
+      typed: (node, value) => typed.set(node, value),
       get document() { return doc; },
       get viewport() { return viewport; },
     };
