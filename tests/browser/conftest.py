@@ -20,7 +20,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 # A page that Playwright's routing fulfils (the rrweb pages) has no address space of its
+                 # own, and Chromium's Local Network Access checks then refuse its WebSocket to 127.0.0.1
+                 # (net::ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS); the relay's own pages never need this.
+                 "--disable-features=LocalNetworkAccessChecks"]
 LAUNCH_TIMEOUT_MS = 30_000
 ACTION_TIMEOUT_MS = 10_000  # every Playwright wait and action of these tests is bounded by this
 NODE_START_TIMEOUT_S = 20
@@ -48,7 +52,8 @@ trio.run(main)
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        # Tests of client.js under Node here (marked node) need no browser.
+        if here in Path(str(item.fspath)).parents and item.get_closest_marker("node") is None:
             item.add_marker(pytest.mark.browser)
 
 
@@ -150,3 +155,14 @@ def new_context(browser):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """tests/browser/npm/node_modules with the pinned packages (installed by npm ci when missing)."""
+    import npm_fixtures
+
+    try:
+        return npm_fixtures.ensure_installed()
+    except RuntimeError as error:
+        pytest.fail(str(error))
