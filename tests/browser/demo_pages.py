@@ -129,3 +129,26 @@ def open_slave(context, node, session: str, agent: str, transport: str = "ws") -
 def cookie(context, name: str = COOKIE):
     values = [item["value"] for item in context.cookies() if item["name"] == name]
     return values[0] if len(values) == 1 else values
+
+
+SIDE_BY_SIDE_HTML = """<!doctype html><body style="margin:0;display:flex;gap:8px;background:#888;width:max-content">
+<figure style="margin:0"><img id="a"><figcaption style="font:14px system-ui;color:#fff;padding:2px 6px">master</figcaption></figure>
+<figure style="margin:0"><img id="b"><figcaption style="font:14px system-ui;color:#fff;padding:2px 6px">slave</figcaption></figure>
+</body>"""
+
+
+def save_side_by_side(context, left_page, right_page, path, scale: float = 1.0) -> None:
+    """Screenshots of two pages put side by side (composed by the browser itself) in one PNG."""
+    import base64
+
+    shots = [base64.b64encode(page.screenshot()).decode() for page in (left_page, right_page)]
+    page = context.new_page()
+    try:
+        page.set_content(SIDE_BY_SIDE_HTML)
+        page.evaluate("""([a, b, scale]) => Promise.all([['a', a], ['b', b]].map(([id, data]) => new Promise((done) => {
+            const img = document.getElementById(id);
+            img.onload = () => { img.width = img.naturalWidth * scale; done(); };
+            img.src = 'data:image/png;base64,' + data; })))""", [shots[0], shots[1], scale])
+        page.locator("body").screenshot(path=str(path))
+    finally:
+        page.close()

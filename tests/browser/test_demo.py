@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from demo_pages import REPLICA, STYLES_JS, open_master, open_slave
+from demo_pages import REPLICA, STYLES_JS, open_master, open_slave, save_side_by_side
 
 CHANGE_TIMEOUT_MS = 2_000  # the issue's bound: a change on the master shows on the slave within 2 s
 FIRST_PAGE_TIMEOUT_MS = 5_000
@@ -81,7 +81,7 @@ def test_every_kind_of_change_reaches_the_replica_within_2_s(relay_node, new_con
                                  timeout=CHANGE_TIMEOUT_MS)
 
 
-def test_pointers_are_labelled_and_control_needs_write_mode(relay_node, new_context):
+def test_pointers_are_labelled_and_control_needs_write_mode(relay_node, new_context, artifacts):
     master, slave = admitted_pair(relay_node, new_context)
     other = open_slave(new_context(), relay_node, master.session, "agent-9")
     master.admit("agent-9")
@@ -113,6 +113,13 @@ def test_pointers_are_labelled_and_control_needs_write_mode(relay_node, new_cont
     replica.locator("#subscribe").click()
     master.page.wait_for_function("document.getElementById('subscribe').checked")
     other.wait_for_replica(master, CHANGE_TIMEOUT_MS)
+
+    # The artifacts: master and slave side by side, at full size and small (README's picture).
+    replica.locator("h2").hover()
+    master.page.locator("#stage .dot span", has_text="agent-7").wait_for()
+    save_side_by_side(new_context(), master.page, slave.page, artifacts / "demo-side-by-side.png")
+    save_side_by_side(new_context(), master.page, slave.page, artifacts / "demo-side-by-side-small.png", scale=0.45)
+    assert (artifacts / "demo-side-by-side.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Nothing in the private panel can be reached by id, even in write mode.
     master.page.evaluate("""() => { const button = document.querySelector('#slaves button');
