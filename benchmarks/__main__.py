@@ -20,6 +20,9 @@ SUITES = {
     "longpoll": ("benchmarks.longpoll",
                  "long-poll GET cycles per second with a new connection per GET against one kept-alive "
                  "connection (~20 s)"),
+    "transports": ("benchmarks.transports",
+                   "long-polling vs WebSocket for the same traffic (1 KiB mutations, 1 MiB snapshots), "
+                   "1 master -> 4 slaves: throughput and p50/p99 latency, ratios (~1 min)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }
