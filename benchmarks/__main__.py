@@ -26,6 +26,9 @@ SUITES = {
     "cluster": ("benchmarks.cluster",
                 "a cluster of relay nodes with redis-server: the forwarded hop against a direct connection, "
                 "and failover time over 20 kills -9 (--quick: ~1.5 min)"),
+    "transports": ("benchmarks.transports",
+                   "long-polling vs WebSocket for the same traffic (1 KiB mutations, 1 MiB snapshots), "
+                   "1 master -> 4 slaves: throughput and p50/p99 latency, ratios (~1 min)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }

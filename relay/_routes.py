@@ -46,6 +46,8 @@ STATIC_FILES = {  # path -> (file in relay/static, content type)
     "/cobrowse/client.js": ("client.js", "application/javascript; charset=utf-8"),
     "/cobrowse/master.html": ("master.html", "text/html; charset=utf-8"),
     "/cobrowse/slave.html": ("slave.html", "text/html; charset=utf-8"),
+    "/cobrowse/capture.js": ("capture.js", "application/javascript; charset=utf-8"),  # the demo's page capture
+    "/cobrowse/replay.js": ("replay.js", "application/javascript; charset=utf-8"),  # and its replay
 }
 
 

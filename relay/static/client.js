@@ -483,7 +483,9 @@
   function fetchFor(options) {
     const impl = options.fetch || host.fetch;
     if (typeof impl !== 'function') throw new RelayError('no-fetch', 'this environment has no fetch()');
-    return impl;
+    // A browser's fetch must be called on its window: kept as this._fetch and called as a method
+    // of the connection it throws "Illegal invocation" (the long-poll path in every browser).
+    return impl === host.fetch ? impl.bind(host) : impl;
   }
 
   async function errorFromResponse(response) {

@@ -1098,6 +1098,9 @@ const window = {
                    removeItem: (k) => { delete storage[k]; }},
   MutationObserver: class { observe() {} },
   requestAnimationFrame: (f) => setTimeout(f, 0),
+  // The demo's capture and replay (capture.js, replay.js) need a real DOM: tests/browser runs them.
+  RelayCapture: {start: () => ({snapshot() {}, flush() {}, nodeOf: () => null, idOf: () => undefined})},
+  RelayReplay: {start: () => ({snapshot() {}, mutation() {}, css() {}, idOf: () => undefined, document: null})},
 };
 window.window = window;
 // The master page reconnects with a saved token (no create call); the slave page joins, or after a
@@ -1147,7 +1150,7 @@ const submitChat = (text) => {
     socket.deliver('presence', 8, {event: 'left', slave: 's1', agent: 'agent-7'}, '');
     // The shared view: a pointer move and a click (write mode) go out without an id of their own.
     frame.listeners.load === undefined && document.getElementById('view').fire('load');
-    frame.listeners.mousemove({clientX: 11, clientY: 12});
+    frame.listeners.mousemove({clientX: 11, clientY: 12, pageX: 11, pageY: 12});
     submitChat('a question');
   }
   await tick(5);
