@@ -34,12 +34,16 @@ import h11
 
 from relay._errors import HTTPError
 
-__all__ = ["PUBLIC", "PRIVATE", "Route", "Match", "RouteTable", "Request", "Response", "Upgrade",
+__all__ = ["PUBLIC", "PRIVATE", "FORWARDED", "Route", "Match", "RouteTable", "Request", "Response", "Upgrade",
            "relay_routes", "parse_target", "json_body", "STATIC_FILES"]
 
 PUBLIC = "public"  # the client API, WebSocket, long-poll, demo pages, /health
 PRIVATE = "private"  # node to node traffic and the admin endpoints, never reachable from the public side
+# A request that a peer node forwarded to this one over the private listener (it carries
+# x-relay-forwarded-by, relay/_forward.py): only the routes of one session are reachable so.
+FORWARDED = "forwarded"
 BOTH = (PUBLIC, PRIVATE)
+CLIENT = (PUBLIC, FORWARDED)
 PREFLIGHT = "preflight"
 
 STATIC_FILES = {  # path -> (file in relay/static, content type)
@@ -74,12 +78,12 @@ def relay_routes(*, demo_pages: bool = True) -> list:
         # The client API (SPEC 3).
         Route((PUBLIC,), b"POST", "/cobrowse/sessions", "create_session", cors=True),
         # A request about a session that reaches a node which does not host it is forwarded to the
-        # host's private listener (SPEC 5, "Routing"; relay/_server.py): these routes are on both.
-        Route(BOTH, b"POST", "/cobrowse/sessions/{session}/join", "join_session", cors=True),
-        Route(BOTH, b"DELETE", "/cobrowse/sessions/{session}", "end_session", cors=True),
-        Route(BOTH, b"GET", "/cobrowse/ws/{session}", "websocket", cors=True),
-        Route(BOTH, b"GET", "/cobrowse/poll/{session}", "poll_get", cors=True),
-        Route(BOTH, b"POST", "/cobrowse/poll/{session}", "poll_post", cors=True),
+        # host's private listener (SPEC 5, "Routing"; relay/_server.py): FORWARDED reaches these too.
+        Route(CLIENT, b"POST", "/cobrowse/sessions/{session}/join", "join_session", cors=True),
+        Route(CLIENT, b"DELETE", "/cobrowse/sessions/{session}", "end_session", cors=True),
+        Route(CLIENT, b"GET", "/cobrowse/ws/{session}", "websocket", cors=True),
+        Route(CLIENT, b"GET", "/cobrowse/poll/{session}", "poll_get", cors=True),
+        Route(CLIENT, b"POST", "/cobrowse/poll/{session}", "poll_post", cors=True),
     ]
     if demo_pages:
         routes += [Route((PUBLIC,), b"GET", path, "static") for path in STATIC_FILES]

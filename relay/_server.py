@@ -45,7 +45,7 @@ from relay._longpoll import LongPollTransport
 from relay._metrics import Metrics
 from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
-from relay._routes import PREFLIGHT, PRIVATE, PUBLIC, Request, RouteTable, Upgrade, parse_target, relay_routes
+from relay._routes import FORWARDED, PREFLIGHT, PRIVATE, PUBLIC, Request, RouteTable, Upgrade, parse_target, relay_routes
 from relay._session import Session
 from relay._websocket import EchoHandler, WebSocketConnection
 from relay._wsattach import WebSocketAttach
@@ -223,10 +223,12 @@ class Server:
     async def _dispatch(self, http: HTTPConnection, head: h11.Request, listener: str, connection_id: str) -> bool:
         """Answer one request (route -> handler).  Returns True if the connection became a WebSocket."""
         path, query = parse_target(head.target)
-        match = self.routes.match(listener, head.method, path)
         peer_ip = http.peer_ip
-        if listener == PRIVATE:  # a request forwarded by a peer node: the client is the one it names
+        if listener == PRIVATE and self.cluster is not None and any(name == FORWARDED_BY for name, _ in head.headers):
+            # A request that a peer node forwarded: the client is the one it names.
+            listener = FORWARDED
             peer_ip = next((value.decode("latin-1") for name, value in head.headers if name == FORWARDED_PEER), peer_ip)
+        match = self.routes.match(listener, head.method, path)
         request = Request(head, path, query, match.params, connection_id=connection_id, peer_ip=peer_ip,
                           read_body=lambda limit: http.read_body(limit, self.config.handshake_timeout_s))
         if match.route.cors:
@@ -254,12 +256,9 @@ class Server:
         or leave it to this node (False: the session is here now)."""
         from relay._clusternode import Forward
 
-        forwarded = listener == PRIVATE and any(name == FORWARDED_BY for name, _value in head.headers)
-        located = await self.cluster.locate(session_id, forwarded=forwarded)
+        located = await self.cluster.locate(session_id, forwarded=listener == FORWARDED)
         if not isinstance(located, Forward):
             return False
-        if listener == PRIVATE and not forwarded:
-            raise HTTPError(404, "unknown-session", "no such session on this node")
         upgrade = any(name == b"upgrade" for name, _value in head.headers) and head.method == b"GET"
         if upgrade:
             body, leftover = None, bytes(http.conn.trailing_data[0])

@@ -4,7 +4,7 @@ import h11
 import pytest
 
 from relay._errors import HTTPError
-from relay._routes import PRIVATE, PUBLIC, STATIC_FILES, Request, Route, RouteTable, parse_target, relay_routes
+from relay._routes import FORWARDED, PRIVATE, PUBLIC, STATIC_FILES, Request, Route, RouteTable, parse_target, relay_routes
 
 TABLE = RouteTable(relay_routes(demo_pages=True))
 
@@ -16,6 +16,7 @@ EXPECTED = [
     (PRIVATE, b"HEAD", "/health", "health", {}),
     (PRIVATE, b"GET", "/metrics", "metrics", {}),
     (PRIVATE, b"GET", "/sessions", "sessions", {}),
+    (PRIVATE, b"GET", "/cluster", "cluster", {}),
     (PUBLIC, b"POST", "/cobrowse/sessions", "create_session", {}),
     (PUBLIC, b"POST", "/cobrowse/sessions/S1/join", "join_session", {"session": "S1"}),
     (PUBLIC, b"DELETE", "/cobrowse/sessions/S1", "end_session", {"session": "S1"}),
@@ -28,6 +29,10 @@ EXPECTED = [
     (PUBLIC, b"OPTIONS", "/cobrowse/ws/S1", "preflight", {"session": "S1"}),
     (PUBLIC, b"OPTIONS", "/cobrowse/poll/S1", "preflight", {"session": "S1"}),
 ] + [(PUBLIC, b"GET", path, "static", {}) for path in STATIC_FILES]
+# A request forwarded by a peer node (on the private listener, with x-relay-forwarded-by) reaches the
+# routes of one session, and nothing else.
+EXPECTED += [(FORWARDED, method, path, handler, params) for listener, method, path, handler, params in list(EXPECTED)
+             if listener == PUBLIC and params]
 
 
 @pytest.mark.parametrize("listener, method, path, handler, params", EXPECTED)
@@ -135,3 +140,9 @@ async def test_request_reads_header_values_and_its_body_through_the_given_reader
     assert request.header(b"x-a") == "1" and request.header(b"x-b") is None
     assert await request.read_body(10) == b"body" and limits == [10]
     assert await Request(head, "/x", {}, {}).read_body(10) == b""
+
+
+@pytest.mark.parametrize("method, path", [(b"POST", "/cobrowse/sessions"), (b"GET", "/metrics"),
+                                          (b"GET", "/cobrowse/client.js"), (b"GET", "/cluster")])
+def test_a_forwarded_request_reaches_nothing_but_a_session(method, path):
+    assert _error(FORWARDED, method, path).status == 404
