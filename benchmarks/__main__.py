@@ -23,6 +23,9 @@ SUITES = {
     "cluster": ("benchmarks.cluster",
                 "a cluster of relay nodes with redis-server: the forwarded hop against a direct connection, "
                 "and failover time over 20 kills -9 (--quick: ~1.5 min)"),
+    "ring": ("benchmarks.ring",
+             "token ring lookups (owner, replicas, successors) vs cassandra-driver's TokenMap, the token "
+             "allocator's balance and churn vs seeded random placement (~5 s; --quick ~2 s)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }

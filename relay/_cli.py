@@ -224,20 +224,25 @@ def cmd_ring(args: argparse.Namespace) -> None:
     print(f"Cluster: {cluster.name}   Partitioner: {ring.partitioner}   Replication factor: "
           f"{ring.replication_factor}   Ring version: {cluster.ring_version}   "
           f"Balance (largest Owns / mean): {max(owns.values()) * len(owns):.4f}")
+    name_width = max(len("Node"), *map(len, cluster.nodes))
+    address_width = max(len("Address"), *(len(spec.public) for spec in cluster.nodes.values()))
     if layout == "tokens":
-        print(f"{'Node':<20} {'Address':<22} {'Token':>42} {'Owns':>8}  Replicas")
+        token_width = max(len("Token"), *(len(str(token)) for token, _node in ring.entries()))
+        print(f"{'Node':<{name_width}}  {'Address':<{address_width}}  {'Token':>{token_width}}  {'Owns':>7}  Replicas")
         for token, node in ring.entries():
-            replicas = ",".join(ring.replicas_of_token(token))
-            print(f"{node:<20} {cluster.nodes[node].public:<22} {token:>42} {100 * owns[node]:>7.2f}%  {replicas}")
-    else:
-        effective = ring.effective_shares()
-        print(f"{'Node':<20} {'Address':<22} {'Token(s)':>42} {'Owns':>8} {'Effective':>10}  Replicas")
-        for node, spec in cluster.nodes.items():
-            single = len(spec.tokens) == 1
-            tokens = str(spec.tokens[0]) if single else f"{len(spec.tokens)} tokens"
-            replicas = ",".join(ring.replicas_of_token(spec.tokens[0])) if single else "(per token: --tokens)"
-            print(f"{node:<20} {spec.public:<22} {tokens:>42} {100 * owns[node]:>7.2f}% "
-                  f"{100 * effective[node]:>9.2f}%  {replicas}")
+            print(f"{node:<{name_width}}  {cluster.nodes[node].public:<{address_width}}  {token:>{token_width}}  "
+                  f"{100 * owns[node]:>6.2f}%  {','.join(ring.replicas_of_token(token))}")
+        return
+    effective = ring.effective_shares()
+    shown = {node: str(spec.tokens[0]) if len(spec.tokens) == 1 else f"{len(spec.tokens)} tokens"
+             for node, spec in cluster.nodes.items()}
+    token_width = max(len("Token(s)"), *map(len, shown.values()))
+    print(f"{'Node':<{name_width}}  {'Address':<{address_width}}  {'Token(s)':>{token_width}}  {'Owns':>7}  "
+          f"{'Effective':>9}  Replicas")
+    for node, spec in cluster.nodes.items():
+        replicas = ",".join(ring.replicas_of_token(spec.tokens[0])) if len(spec.tokens) == 1 else "(per token: --tokens)"
+        print(f"{node:<{name_width}}  {spec.public:<{address_width}}  {shown[node]:>{token_width}}  "
+              f"{100 * owns[node]:>6.2f}%  {100 * effective[node]:>8.2f}%  {replicas}")
 
 
 def cmd_describe_cluster(args: argparse.Namespace) -> int:
