@@ -120,13 +120,17 @@ def parse_cluster(data: dict) -> Cluster:
         raise ConfigError("a cluster needs at least one [[nodes]] table")
 
     nodes: dict = {}
+    token_holder: dict = {}
     for index, entry in enumerate(nodes_data):
         spec = _parse_node(entry, index, partitioner, [n.tokens for n in nodes.values()])
         if spec.name in nodes:
             raise ConfigError(f"two nodes are named {spec.name!r}")
+        for token in spec.tokens:  # before the next node's tokens are allocated around these
+            if token in token_holder:
+                raise ConfigError(f"token {token} is given to both {token_holder[token]!r} and {spec.name!r}")
+            token_holder[token] = spec.name
         nodes[spec.name] = spec
     _refuse_shared_addresses(nodes)
-    _refuse_shared_tokens(nodes)
 
     rf = data.get("replication_factor", 1)
     if isinstance(rf, bool) or not isinstance(rf, int) or not 1 <= rf <= len(nodes):
@@ -207,15 +211,6 @@ def _refuse_shared_addresses(nodes: dict) -> None:
                 raise ConfigError(f"node {spec.name!r} {key} {getattr(spec, key)} is also node {other_name!r} "
                                   f"{other_key}: every listener needs its own address")
             seen[address] = (spec.name, key)
-
-
-def _refuse_shared_tokens(nodes: dict) -> None:
-    holder: dict = {}
-    for spec in nodes.values():
-        for token in spec.tokens:
-            if token in holder:
-                raise ConfigError(f"token {token} is given to both {holder[token]!r} and {spec.name!r}")
-            holder[token] = spec.name
 
 
 def _lease_ttl(value) -> float:

@@ -143,6 +143,8 @@ def with_nodes(*nodes, **top) -> dict:
     (with_nodes(node(1), node(1, num_tokens=4)), "two nodes are named 'CB_Server_1'"),
     (with_nodes(node(1, initial_token=10), node(2, initial_token=[5, 10])),
      "token 10 is given to both 'CB_Server_1' and 'CB_Server_2'"),
+    (with_nodes(node(1, initial_token=5), node(2, initial_token=5), node(3, num_tokens=4)),
+     "token 5 is given to both 'CB_Server_1' and 'CB_Server_2'"),
     (with_nodes(node(1, initial_token=[4, 4])), "lists a token twice"),
     (with_nodes(node(1), {**node(2), "public": "10.0.0.1:8700"}),
      "node 'CB_Server_2' public 10.0.0.1:8700 is also node 'CB_Server_1' public"),
