@@ -29,6 +29,9 @@ SUITES = {
     "transports": ("benchmarks.transports",
                    "long-polling vs WebSocket for the same traffic (1 KiB mutations, 1 MiB snapshots), "
                    "1 master -> 4 slaves: throughput and p50/p99 latency, ratios (~1 min)"),
+    "ring": ("benchmarks.ring",
+             "token ring lookups (owner, replicas, successors) vs cassandra-driver's TokenMap, the token "
+             "allocator's balance and churn vs seeded random placement (~5 s; --quick ~2 s)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }

@@ -105,8 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--nodes", type=int, required=True, help="number of nodes")
     tokens.add_argument("--partitioner", choices=["murmur3", "random"], default="murmur3")
 
-    ring = commands.add_parser("ring", help="print the ring of a cluster file, like nodetool ring")
+    ring = commands.add_parser(
+        "ring", help="print the ring of a cluster file, like nodetool ring",
+        description="Prints the ring of the cluster file (docs/ring.md). Per node (the summary, the default when "
+                    "a node has several tokens): its address, its token (or how many it has), Owns: the share "
+                    "of session IDs it owns as primary, Effective: the share it holds as one of the "
+                    "replication_factor replicas, and Replicas: the replicas of its range (single-token nodes). "
+                    "Per token (--tokens, the default when every node has one token): one line per token in "
+                    "ring order with the node's Owns and the replicas of the range ending at that token, like "
+                    "nodetool ring. The first line gives the balance: the largest Owns over the mean.")
     ring.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
+    layout = ring.add_mutually_exclusive_group()
+    layout.add_argument("--tokens", dest="layout", action="store_const", const="tokens",
+                        help="one line per token, in ring order")
+    layout.add_argument("--summary", dest="layout", action="store_const", const="summary",
+                        help="one line per node, in file order")
 
     describe = commands.add_parser(
         "describe-cluster", help="ask every node of a cluster file whether it agrees on the ring",
@@ -203,23 +216,35 @@ def cmd_tokens(args: argparse.Namespace) -> None:
 
 
 def cmd_ring(args: argparse.Namespace) -> None:
-    """``relay ring``: the ring of a cluster file, like nodetool ring."""
+    """``relay ring``: the ring of a cluster file, like nodetool ring (per node or per token)."""
     from relay._cluster import load_cluster
 
     cluster = load_cluster(args.cluster)
     ring = cluster.ring
-    entries = list(ring.entries())
-    span = 2**64 if ring.partitioner == "murmur3" else 2**127
-    owned: dict[str, int] = {}
-    for index, (token, node) in enumerate(entries):
-        previous = entries[index - 1][0]
-        owned[node] = owned.get(node, 0) + ((token - previous) % span or span)
-    print(f"Cluster: {cluster.name}   Partitioner: {ring.partitioner}   Replication factor: {ring.replication_factor}")
-    print(f"{'Node':<20} {'Address':<22} {'Token':>42} {'Owns':>8}  Replicas")
-    for index, (token, node) in enumerate(entries):
-        share = 100.0 * owned[node] / span
-        replicas = ",".join(ring.walk(index, ring.replication_factor))
-        print(f"{node:<20} {cluster.nodes[node].public:<22} {token:>42} {share:>7.2f}%  {replicas}")
+    layout = args.layout or ("summary" if any(len(spec.tokens) > 1 for spec in cluster.nodes.values()) else "tokens")
+    owns = ring.shares()
+    print(f"Cluster: {cluster.name}   Partitioner: {ring.partitioner}   Replication factor: "
+          f"{ring.replication_factor}   Ring version: {cluster.ring_version}   "
+          f"Balance (largest Owns / mean): {max(owns.values()) * len(owns):.4f}")
+    name_width = max(len("Node"), *map(len, cluster.nodes))
+    address_width = max(len("Address"), *(len(spec.public) for spec in cluster.nodes.values()))
+    if layout == "tokens":
+        token_width = max(len("Token"), *(len(str(token)) for token, _node in ring.entries()))
+        print(f"{'Node':<{name_width}}  {'Address':<{address_width}}  {'Token':>{token_width}}  {'Owns':>7}  Replicas")
+        for token, node in ring.entries():
+            print(f"{node:<{name_width}}  {cluster.nodes[node].public:<{address_width}}  {token:>{token_width}}  "
+                  f"{100 * owns[node]:>6.2f}%  {','.join(ring.replicas_of_token(token))}")
+        return
+    effective = ring.effective_shares()
+    shown = {node: str(spec.tokens[0]) if len(spec.tokens) == 1 else f"{len(spec.tokens)} tokens"
+             for node, spec in cluster.nodes.items()}
+    token_width = max(len("Token(s)"), *map(len, shown.values()))
+    print(f"{'Node':<{name_width}}  {'Address':<{address_width}}  {'Token(s)':>{token_width}}  {'Owns':>7}  "
+          f"{'Effective':>9}  Replicas")
+    for node, spec in cluster.nodes.items():
+        replicas = ",".join(ring.replicas_of_token(spec.tokens[0])) if len(spec.tokens) == 1 else "(per token: --tokens)"
+        print(f"{node:<{name_width}}  {spec.public:<{address_width}}  {shown[node]:>{token_width}}  "
+              f"{100 * owns[node]:>6.2f}%  {100 * effective[node]:>8.2f}%  {replicas}")
 
 
 def cmd_describe_cluster(args: argparse.Namespace) -> int:

@@ -124,7 +124,8 @@ def test_ring_prints_owners_shares_and_replicas(tmp_path):
     nodes = "".join(f'[[nodes]]\nname = "CB_Server_{i}"\npublic = "127.0.0.1:{8700 + 10 * i}"\n'
                     f'private = "127.0.0.1:{8701 + 10 * i}"\ninitial_token = {token}\n\n'
                     for i, token in enumerate(tokens))
-    cluster.write_text(f'cluster_name = "test"\npartitioner = "murmur3"\nreplication_factor = 2\n\n{nodes}')
+    cluster.write_text(f'cluster_name = "test"\npartitioner = "murmur3"\nreplication_factor = 2\n'
+                       f'state_store = "redis://127.0.0.1:6379/0"\n\n{nodes}')
     done = run("ring", "--cluster", str(cluster))
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()[2:]]

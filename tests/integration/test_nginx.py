@@ -39,7 +39,8 @@ def cookie_value(headers, name="gcbSessionServer"):
 
 def write_cluster(path, nodes):
     """A cluster file of ``nodes`` [(name, public port, private port)], loaded the way the CLI loads it."""
-    lines = ['cluster_name = "cobrowse"', 'partitioner = "murmur3"', "replication_factor = 1"]
+    lines = ['cluster_name = "cobrowse"', 'partitioner = "murmur3"', "replication_factor = 1",
+             'state_store = "redis://127.0.0.1:6379/0"']
     for index, (name, public, private) in enumerate(nodes):
         lines += ["[[nodes]]", f'name = "{name}"', f'public = "127.0.0.1:{public}"',
                   f'private = "127.0.0.1:{private}"', f"initial_token = {index * 1000}"]

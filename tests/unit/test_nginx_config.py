@@ -15,7 +15,8 @@ def cluster_of(*names):
         port = 8700 + 10 * index
         nodes.append({"name": name, "public": f"10.0.0.{index + 1}:{port}", "private": f"10.0.0.{index + 1}:{port + 1}",
                       "initial_token": index * 1000})
-    return parse_cluster({"cluster_name": "cobrowse", "partitioner": "murmur3", "nodes": nodes})
+    return parse_cluster({"cluster_name": "cobrowse", "partitioner": "murmur3", "state_store": "redis://10.0.0.9:6379/0",
+                          "nodes": nodes})
 
 
 def block(text: str, opening: str) -> str:
