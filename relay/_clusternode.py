@@ -369,8 +369,12 @@ class ClusterNode:
                 raise self._unavailable("the cluster's state store cannot be reached; retry") from None
         if facts.host != self.me and facts.host in self.live:
             return self._forward_to(facts.host, forwarded)
-        # Its host is gone (or is this node, restarted without it): the first live successor takes it.
-        successor = next((node for node in self.ring.successors(session_id) if node in self.live), None)
+        if facts.host == self.me:
+            # This node hosted it before it restarted: it takes it back itself (a new epoch), so that the
+            # session stays where its clients' cookies point, even if the ring now gives its ID elsewhere.
+            successor = self.me
+        else:  # its host is gone: the first live successor in ring order takes it
+            successor = next((node for node in self.ring.successors(session_id) if node in self.live), None)
         if successor is None:
             raise self._unavailable("no live node can host this session now; retry")
         if successor != self.me:

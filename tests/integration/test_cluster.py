@@ -532,3 +532,22 @@ async def test_a_sentinel_failover_of_redis_stops_no_running_session(tmp_path):
             raise
         finally:
             nodes.stop_all()
+
+
+async def test_a_cluster_restarted_whole_keeps_each_session_on_its_host(cluster):
+    """How a grown cluster file is taken into use (docs/ring.md): every node stops, every node starts."""
+    with trio.fail_after(60):
+        sessions = []
+        for name in cluster.names:
+            created = await client(cluster, name).create_session()
+            joined = await client(cluster, name).join(created["session"])
+            sessions.append((name, created, joined))
+        await trio.to_thread.run_sync(cluster.stop_all)
+        await trio.to_thread.run_sync(cluster.start_all)
+        for name, created, joined in sessions:
+            other = [n for n in cluster.names if n != name]
+            master, hello, _ = await connect_until_hello(cluster, other, created["session"], created["master_token"])
+            assert hello["epoch"] == 2
+            assert hosts_of(cluster, created["session"]) == [name]  # back on the node that hosted it
+            slave = await client(cluster, other[0]).connect(created["session"], joined["slave_token"])
+            assert (await slave.receive()).decode()["epoch"] == 2  # the slave's token survived too
