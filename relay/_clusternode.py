@@ -23,10 +23,12 @@ Facts shared by the nodes live in Redis (relay/_statestore.py); this module deci
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
 import secrets
+import string
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,6 +40,7 @@ from relay._config import ConfigError
 from relay._errors import HTTPError
 from relay._fence import Fence
 from relay._forward import connect
+from relay._host import SESSION_ID_BYTES
 from relay._logging import log_event
 from relay._netio import Broken, Yielder, close_socket, recv, send_all
 from relay._session import Session
@@ -55,6 +58,8 @@ RECORD_REFRESH_S = 60.0
 PEER_QUERY_TIMEOUT_S = 0.5
 PEER_ANSWER_BYTES = 1024 * 1024
 STORE_RETRY_AFTER_S = 1  # Retry-After of a 503 while Redis is unreachable
+SESSION_ID_CHARS = len(base64.urlsafe_b64encode(bytes(SESSION_ID_BYTES)).rstrip(b"="))
+SESSION_ID_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
 
 
 class ClusterRefused(ConfigError):
@@ -351,6 +356,10 @@ class ClusterNode:
 
     async def _locate(self, session_id: str, forwarded: bool):
         session = self.host.get(session_id)
+        if session is None and not is_session_id(session_id):
+            # Not an ID any node mints: answered without asking Redis (a flood of made-up IDs costs
+            # the state store nothing).
+            raise HTTPError(404, "unknown-session", "no such session (unknown or ended)")
         if session is not None:
             if trio.current_time() <= self.fence.valid_until:
                 return session
@@ -426,6 +435,11 @@ class ClusterNode:
             "sessions_hosted": len(self.host.sessions),
             "epochs": {sid: s.epoch for sid, s in self.host.sessions.items()},
         }
+
+
+def is_session_id(text: str) -> bool:
+    """Whether ``text`` has the shape of the IDs SessionHost.mint_id makes (URL-safe base64, no padding)."""
+    return len(text) == SESSION_ID_CHARS and all(c in SESSION_ID_ALPHABET for c in text)
 
 
 async def query_peer(address: str) -> dict:

@@ -36,6 +36,10 @@ log = logging.getLogger("relay.statestore")
 
 REDIS_CALL_TIMEOUT_S = 1.0  # one round trip (or one pipeline); past it Redis counts as unavailable
 REDIS_CONNECT_TIMEOUT_S = 0.5
+# Connections one node opens to Redis at most (coredis multiplexes calls over them): a flood of
+# requests must queue here (and time out as StoreUnavailable), never open thousands of connections
+# and take Redis's maxclients from the other nodes.
+REDIS_MAX_CONNECTIONS = 8
 
 # Results of a fenced write (FENCED_WRITE below).
 WRITE_LOST = 0  # another node holds a newer epoch: this node must stop serving the session
@@ -138,11 +142,12 @@ class StateStore:
         self._prefix = f"relay:{cluster_name}:"
         self._metrics = metrics
         options = dict(connect_timeout=REDIS_CONNECT_TIMEOUT_S, stream_timeout=REDIS_CALL_TIMEOUT_S,
-                       retry_policy=coredis.retry.NoRetryPolicy())
+                       retry_policy=coredis.retry.NoRetryPolicy(), max_connections=REDIS_MAX_CONNECTIONS,
+                       pool_timeout=REDIS_CALL_TIMEOUT_S)
         if sentinels:
             timeouts = dict(connect_timeout=REDIS_CONNECT_TIMEOUT_S, stream_timeout=REDIS_CALL_TIMEOUT_S)
             self._sentinel = coredis.Sentinel(list(sentinels), sentinel_kwargs=timeouts, **timeouts)
-            self._client = self._sentinel.primary_for(service, db=db)
+            self._client = self._sentinel.primary_for(service, db=db, max_connections=REDIS_MAX_CONNECTIONS)
         else:
             self._sentinel = None
             self._client = coredis.Redis(host, port, db, **options)

@@ -551,3 +551,33 @@ async def test_a_cluster_restarted_whole_keeps_each_session_on_its_host(cluster)
             assert hosts_of(cluster, created["session"]) == [name]  # back on the node that hosted it
             slave = await client(cluster, other[0]).connect(created["session"], joined["slave_token"])
             assert (await slave.receive()).decode()["epoch"] == 2  # the slave's token survived too
+
+
+async def test_a_flood_of_unknown_sessions_costs_redis_a_few_connections_and_made_up_ids_nothing(cluster, redis):
+    a = cluster.names[0]
+    node = client(cluster, a)
+    before = metric(cluster, a, 'relay_redis_calls_total{operation="lookup"}')
+    statuses = []
+
+    async def ask(session_id):
+        status, _headers, _body = await node.request("GET", f"/cobrowse/poll/{session_id}?token=x")
+        statuses.append(status)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:  # made-up IDs: not the shape a node mints
+            for n in range(200):
+                nursery.start_soon(ask, f"not-an-id-{n}")
+        assert statuses == [404] * 200
+        assert metric(cluster, a, 'relay_redis_calls_total{operation="lookup"}') == before
+        statuses.clear()
+        import secrets
+        async with trio.open_nursery() as nursery:  # well-formed unknown IDs, 400 at once
+            for _ in range(400):
+                nursery.start_soon(ask, secrets.token_urlsafe(16))
+            await trio.sleep(0.3)
+            info = subprocess.run(["redis-cli", "-p", str(redis.port), "info", "clients"],
+                                  capture_output=True, text=True, timeout=10).stdout
+        assert set(statuses) <= {404, 503} and statuses.count(404) >= 300, sorted(set(statuses))
+    connected = int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("connected_clients")))
+    from relay._statestore import REDIS_MAX_CONNECTIONS
+    assert connected <= len(cluster.names) * (REDIS_MAX_CONNECTIONS + 1) + 2, info
