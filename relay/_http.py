@@ -22,6 +22,9 @@ from relay._routes import json_body
 __all__ = ["HTTPConnection", "HTTPError", "json_body"]
 
 RECV_BYTES = 64 * 1024
+# The lingering close after an answer that left a body unread: at most this long and this much.
+LINGER_TIMEOUT_S = 2.0
+LINGER_MAX_BYTES = 16 * 1024 * 1024
 SERVER_HEADER = b"relay"
 
 
@@ -199,6 +202,28 @@ class HTTPConnection:
         await send_all(self.sock, data, self.yielder)
         leftover, _closed = self.conn.trailing_data
         return bytes(leftover)
+
+    async def linger(self) -> None:
+        """After answering a request whose body we did not read (a 413, a 4xx before the body), stop
+        sending and read what the client still sends, for a while, before the socket is closed.
+        Closing with unread data makes the kernel reset the connection, and a reset can overtake our
+        answer at the client (a proxy such as nginx then reports 502 instead of our 413)."""
+        if self.conn.their_state is not h11.SEND_BODY:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        drained = 0
+        with trio.move_on_after(LINGER_TIMEOUT_S):
+            try:
+                while drained < LINGER_MAX_BYTES:
+                    data = await recv(self.sock, RECV_BYTES, self.yielder)
+                    if not data:
+                        return
+                    drained += len(data)
+            except Broken:
+                return
 
     @property
     def reusable(self) -> bool:

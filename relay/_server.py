@@ -209,7 +209,10 @@ class Server:
                         limit_log.hit(error.code, status=error.status, peer=http.peer, conn=connection_id)
                     await http.respond_error(error)
                     upgraded = False
-                if upgraded or not http.reusable:
+                if upgraded:
+                    break
+                if not http.reusable:
+                    await http.linger()
                     break
         except Broken:
             pass

@@ -65,3 +65,35 @@ async def test_deeply_nested_json_is_a_bad_json_400():
             status, _headers, answer = await client.request("POST", "/cobrowse/sessions", body)
             assert status == 400 and json.loads(answer)["error"] == "bad-json"
             assert (await client.request("GET", "/health"))[0] == 200
+
+
+async def test_a_body_over_the_limit_gets_its_413_even_while_the_client_is_still_sending_it():
+    """The answer comes before the body is read; closing at once would reset the connection under
+    the client's send and lose the 413 (nginx in front reported 502).  The node lingers instead."""
+    with trio.fail_after(30):
+        async with running_relay(poll_body_bytes=64 * 1024) as (server, listening, client):
+            created, (joined,) = await new_session(client, slaves=1)
+            target = f"/cobrowse/poll/{created['session']}?token={joined['slave_token']}".encode()
+            body = b"\x00" * (4 * 1024 * 1024)
+            head = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            stream = await trio.open_tcp_stream("127.0.0.1", listening.public_port)
+            received = b""
+            async with stream:
+                async def send():
+                    try:
+                        await stream.send_all(head)
+                        await stream.send_all(body)
+                    except trio.BrokenResourceError:
+                        pass
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send)
+                    while True:
+                        try:
+                            chunk = await stream.receive_some(65536)
+                        except trio.BrokenResourceError as exc:
+                            raise AssertionError(f"connection reset before the answer was read: {exc!r}") from None
+                        if not chunk:
+                            break
+                        received += chunk
+            assert received.startswith(b"HTTP/1.1 413 "), received[:200]
