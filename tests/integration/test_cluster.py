@@ -21,7 +21,6 @@ import trio
 import relay
 from relay._accel import build_envelope, peek_envelope
 from cluster_nodes import ClusterNodes, write_cluster_file
-from real_redis import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +29,8 @@ FAILOVER_BUDGET_S = 15.0  # kill -9 to a hello from the new host: lease TTL + re
 
 
 @pytest.fixture
-def redis(tmp_path):
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(tmp_path, redis):
-    nodes = ClusterNodes(tmp_path / "nodes", redis.url, lease_ttl_s=LEASE_TTL_S)
-    try:
-        nodes.start_all()
-        yield nodes
-    except BaseException:
-        print(nodes.logs())
-        raise
-    finally:
-        nodes.stop_all()
+def cluster(start_cluster):
+    return start_cluster(lease_ttl_s=LEASE_TTL_S)
 
 
 def cookie_of(headers) -> str:
@@ -103,6 +88,18 @@ def metric(cluster: ClusterNodes, name: str, sample: str) -> float:
         if line.startswith(sample + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+async def session_with_clients(nodes: ClusterNodes, host: str, *, join_via: str | None = None):
+    """A session created on ``host`` with one slave (joined through ``join_via``), master and slave
+    connected to the host, past their hellos: (created, joined, master, slave)."""
+    created = await client(nodes, host).create_session()
+    joined = await client(nodes, join_via or host).join(created["session"])
+    master = await client(nodes, host).connect(created["session"], created["master_token"])
+    assert (await master.receive()).kind == "hello"
+    slave = await client(nodes, host).connect(created["session"], joined["slave_token"])
+    assert (await slave.receive()).kind == "hello"
+    return created, joined, master, slave
 
 
 def hosts_of(cluster: ClusterNodes, session_id: str) -> list:
@@ -261,13 +258,8 @@ async def test_a_restarted_node_leaves_moved_sessions_where_they_are(cluster):
 async def test_a_host_paused_past_its_lease_serves_nothing_stale_when_it_continues(cluster):
     a, b, c = cluster.names
     with trio.fail_after(60):
-        created = await client(cluster, a).create_session()
+        created, joined, old_master, old_slave = await session_with_clients(cluster, a)
         session_id = created["session"]
-        joined = await client(cluster, a).join(session_id)
-        old_master = await client(cluster, a).connect(session_id, created["master_token"])
-        await old_master.receive()
-        old_slave = await client(cluster, a).connect(session_id, joined["slave_token"])
-        await old_slave.receive()
 
         cluster.signal(a, signal.SIGSTOP)
         try:
@@ -295,13 +287,8 @@ async def test_a_host_paused_past_its_lease_serves_nothing_stale_when_it_continu
 async def test_redis_restarted_under_load_running_sessions_never_stop(cluster, redis):
     a, b, c = cluster.names
     with trio.fail_after(60):
-        created = await client(cluster, a).create_session()
+        created, joined, master, slave = await session_with_clients(cluster, a, join_via=b)
         session_id = created["session"]
-        joined = await client(cluster, b).join(session_id)
-        master = await client(cluster, a).connect(session_id, created["master_token"])
-        await master.receive()
-        slave = await client(cluster, a).connect(session_id, joined["slave_token"])
-        await slave.receive()
         sent = 0
         received = []
         redis_down = trio.Event()
@@ -443,13 +430,8 @@ async def test_a_node_cut_off_from_redis_stops_hosting_while_the_others_take_ove
             await trio.to_thread.run_sync(nodes.start_all_with, {names[0]: cut_file})
             a = names[0]
             with trio.fail_after(60):
-                created = await client(nodes, a).create_session()
+                created, joined, master, slave = await session_with_clients(nodes, a)
                 session_id = created["session"]
-                joined = await client(nodes, a).join(session_id)
-                master = await client(nodes, a).connect(session_id, created["master_token"])
-                await master.receive()
-                slave = await client(nodes, a).connect(session_id, joined["slave_token"])
-                await slave.receive()
                 cut_at = trio.current_time()
                 proxy.cut_off()
                 # The others still reach Redis, so the cut-off node lets its fence lapse and closes with 1012.
@@ -486,13 +468,8 @@ async def test_a_sentinel_failover_of_redis_stops_no_running_session(tmp_path):
             nodes.start_all()
             a, b, c = nodes.names
             with trio.fail_after(60):
-                created = await client(nodes, a).create_session()
+                created, joined, master, slave = await session_with_clients(nodes, a, join_via=b)
                 session_id = created["session"]
-                joined = await client(nodes, b).join(session_id)
-                master = await client(nodes, a).connect(session_id, created["master_token"])
-                await master.receive()
-                slave = await client(nodes, a).connect(session_id, joined["slave_token"])
-                await slave.receive()
                 old_primary = redis.primary.port
                 redis.kill_primary()
                 sent = 0

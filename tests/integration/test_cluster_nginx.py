@@ -19,9 +19,7 @@ import pytest
 import trio
 
 import relay
-from cluster_nodes import ClusterNodes
 from real_nginx import RealNginx
-from real_redis import RedisServer
 from relay._cluster import load_cluster
 from relay._nginx import nginx_config
 
@@ -31,23 +29,8 @@ LEASE_TTL_S = 2.0
 
 
 @pytest.fixture
-def redis(tmp_path):
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(tmp_path, redis):
-    nodes = ClusterNodes(tmp_path / "nodes", redis.url, lease_ttl_s=LEASE_TTL_S,
-                         extra_args=["--trusted-proxies", "127.0.0.1", "--poll-wait-s", "2"])
-    try:
-        nodes.start_all()
-        yield nodes
-    except BaseException:
-        print(nodes.logs())
-        raise
-    finally:
-        nodes.stop_all()
+def cluster(start_cluster):
+    return start_cluster(lease_ttl_s=LEASE_TTL_S, extra_args=["--trusted-proxies", "127.0.0.1", "--poll-wait-s", "2"])
 
 
 def cookie_of(headers):
