@@ -55,6 +55,7 @@ class HTTPConnection:
         self.must_close = False  # the current request asks for the connection to end after its answer
         self.peer = _peer_address(sock)  # for log lines of limits hit
         self.peer_ip = self.peer.rsplit(":", 1)[0] if self.peer else None
+        self._received_bytes = 0
 
     async def _receive_event(self):
         while True:
@@ -62,6 +63,7 @@ class HTTPConnection:
             if event is not h11.NEED_DATA:
                 return event
             data = await recv(self.sock, RECV_BYTES, self.yielder)
+            self._received_bytes += len(data)
             self.conn.receive_data(data)
 
     async def next_request(self, timeout_s: float) -> Optional[h11.Request]:
@@ -71,6 +73,8 @@ class HTTPConnection:
         not finish its head within ``timeout_s`` gets 408 and the connection is closed.
         """
         self.request = None  # (a 408 below must not be taken for the answer to the previous request)
+        idle_between_requests = self.conn.our_state is h11.DONE and not self.conn.trailing_data[0]
+        received_before = self._received_bytes
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             try:
                 self.conn.start_next_cycle()
@@ -82,6 +86,10 @@ class HTTPConnection:
             with trio.fail_after(timeout_s):
                 event = await self._receive_event()
         except trio.TooSlowError:
+            if idle_between_requests and self._received_bytes == received_before:
+                # A kept-alive connection with no new request: it simply ends (RFC 9112 9.3), as a
+                # browser's or a proxy's idle connection expects; a 408 there looks like an error.
+                return None
             limit_log.hit("handshake_timeout_s", status=408, peer=self.peer)
             await self.try_error(408, "timeout", "request head not received in time")
             return None

@@ -97,3 +97,18 @@ async def test_a_body_over_the_limit_gets_its_413_even_while_the_client_is_still
                             break
                         received += chunk
             assert received.startswith(b"HTTP/1.1 413 "), received[:200]
+
+
+async def test_an_idle_kept_alive_connection_ends_quietly_but_a_slow_head_gets_408():
+    with trio.fail_after(30):
+        async with running_relay(handshake_timeout_s=0.3) as (server, listening, client):
+            # One answered request, then nothing: the connection ends without another answer.
+            received = await raw_exchange(listening.public_port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                                          until_answers=2, timeout_s=3.0)
+            assert received.count(b"HTTP/1.1 ") == 1, received
+            assert b"HTTP/1.1 200 " in received
+            # Half a head on a kept-alive connection is still a slow client: 408.
+            received = await raw_exchange(listening.public_port,
+                                          b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n",
+                                          until_answers=2, timeout_s=3.0)
+            assert b"HTTP/1.1 200 " in received and b"HTTP/1.1 408 " in received
