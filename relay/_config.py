@@ -122,7 +122,8 @@ class Config:
     private_listen: str = setting(
         DEFAULT_PRIVATE_LISTEN, "private HOST:PORT (node-to-node traffic, /metrics, /sessions, /health)")
     node_name: str = setting(DEFAULT_NODE_NAME, "this node's name: the value of the sticky cookie")
-    cluster: Optional[str] = setting(None, "the cluster file (TOML); this node is --node-name in it")
+    cluster: Optional[str] = setting(None, "the cluster file (TOML, docs/cluster.md); this node is --node-name in it "
+                                           "and listens on that node's public and private addresses")
 
     # The sticky routing cookie (SPEC 3).
     cookie_name: str = setting(DEFAULT_COOKIE_NAME, "name of the sticky routing cookie")
