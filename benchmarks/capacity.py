@@ -140,6 +140,7 @@ def picows_server():
 
 
 CLUSTER_NODES = ("N1", "N2")
+CLUSTER_LEASE_TTL_S = 5.0  # the production default: a loaded loop must not lose its lease
 
 
 @contextlib.contextmanager
@@ -158,7 +159,7 @@ def cluster_behind_nginx():
         folder = Path(folder)
         os.chmod(folder, 0o755)  # nginx's workers (nobody, when run as root) use their folder here
         with RedisServer(folder / "redis") as redis, ClusterNodes(
-                folder / "nodes", redis.url, names=CLUSTER_NODES, rf=2,
+                folder / "nodes", redis.url, names=CLUSTER_NODES, rf=2, lease_ttl_s=CLUSTER_LEASE_TTL_S,
                 extra_args=[flag for flag in RELAY_FLAGS] + ["--trusted-proxies", HOST]) as nodes:
             nodes.start_all()
             port = free_port()

@@ -49,6 +49,9 @@ import trio
 
 from relay import Client, ClientConnection
 from relay import ConnectionClosed, HTTPStatusError
+
+if sys.version_info < (3, 11):  # pragma: no cover (trio brings the backport)
+    from exceptiongroup import ExceptionGroup
 from benchmarks.loadgen.procstats import (machine_cpu_seconds, raise_fd_limit, server_cpu_seconds, server_peak_rss_bytes,
                                           server_rss_bytes)
 from benchmarks.loadgen.stamp import MUTATION_KIND, SNAPSHOT_KIND, STAMP, MaskedStamp, make_template, read_stamp
@@ -320,7 +323,7 @@ class Capacity:
         async with limiter:
             if self.args.protocol == "relay":
                 client = Client(host, port)
-                created = await client.create_session()
+                created = await _create_retrying(client)
                 # Keep the sticky cookie, as a browser does: behind nginx it pins the session to its host.
                 cookies = [v.split(";", 1)[0] for k, v in client.last_headers if k == "set-cookie"]
                 if cookies:
@@ -477,7 +480,15 @@ class Capacity:
                     break
                 try:
                     step = await self.step(sessions)
-                except (HTTPStatusError, ConnectionClosed, OSError, trio.TooSlowError) as exc:
+                except (*OPEN_FAILURES, ExceptionGroup) as exc:
+                    if isinstance(exc, ExceptionGroup):
+                        failures, others = exc.split(OPEN_FAILURES)
+                        if others is not None:
+                            raise
+                        exc = failures.exceptions[0]
+                        while isinstance(exc, ExceptionGroup):
+                            exc = exc.exceptions[0]
+                    # The server refused or dropped sessions: this step is past what it holds.
                     result["stopped_because"] = f"opening sessions failed at {sessions}: {exc!r}"
                     break
                 result["steps"].append(step)
@@ -490,6 +501,23 @@ class Capacity:
                     break
             nursery.cancel_scope.cancel()
         return result
+
+
+# What opening sessions may meet from a server past its capacity (the step then ends the curve).
+OPEN_FAILURES = (HTTPStatusError, ConnectionClosed, OSError, trio.TooSlowError)
+CREATE_RETRIES = 5  # a node under load may answer 503 with Retry-After: a client retries, so does this one
+
+
+async def _create_retrying(client: Client) -> dict:
+    for attempt in range(CREATE_RETRIES):
+        try:
+            return await client.create_session()
+        except HTTPStatusError as exc:
+            if exc.status != 503 or attempt == CREATE_RETRIES - 1:
+                raise
+            retry_after = dict(exc.headers).get("retry-after", "1")
+            await trio.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 1.0)
+    raise AssertionError("unreachable")
 
 
 def parse_args(argv=None):
