@@ -562,3 +562,38 @@ async def test_a_flood_of_unknown_sessions_costs_redis_a_few_connections_and_mad
     connected = int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("connected_clients")))
     from relay._statestore import REDIS_MAX_CONNECTIONS
     assert connected <= len(cluster.names) * (REDIS_MAX_CONNECTIONS + 1) + 2, info
+
+
+async def test_a_reconnect_storm_after_the_host_dies_lands_every_client_on_the_new_host(cluster):
+    """Every client of a dead host reconnects at once through the survivors: each gets 503s (never
+    a 404, 403 or 500) until its session has moved, then its hello from the one new host."""
+    a, b, c = cluster.names
+    sessions, slaves = 4, 30  # max_slaves_per_session is 32
+    with trio.fail_after(90):
+        clients = []  # (session_id, token)
+        for _ in range(sessions):
+            created = await client(cluster, a).create_session()
+            clients.append((created["session"], created["master_token"]))
+            for n in range(slaves):
+                joined = await client(cluster, [b, c][n % 2]).join(created["session"])
+                clients.append((created["session"], joined["slave_token"]))
+        cluster.kill(a)
+        hellos = []
+        statuses = []
+
+        async def reconnect(index, session_id, token):
+            connection, hello, seen = await connect_until_hello(cluster, [[b, c], [c, b]][index % 2], session_id,
+                                                                token, budget_s=60)
+            hellos.append((session_id, hello))
+            statuses.extend(seen)
+            await connection.close()
+
+        async with trio.open_nursery() as nursery:
+            for index, (session_id, token) in enumerate(clients):
+                nursery.start_soon(reconnect, index, session_id, token)
+    assert len(hellos) == len(clients) and {hello["epoch"] for _, hello in hellos} == {2}
+    session_ids = {session_id for session_id, _ in clients}
+    assert all(len(hosts_of(cluster, session_id)) == 1 for session_id in session_ids)
+    takeovers = sum(metric(cluster, name, "relay_takeovers_total") for name in (b, c))
+    assert takeovers == sessions  # one takeover per session, however many clients asked at once
+    assert set(statuses) <= {503, 1006, None}, set(statuses)
