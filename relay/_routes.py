@@ -73,8 +73,11 @@ def relay_routes(*, demo_pages: bool = True) -> list:
         Route(BOTH, b"GET", "/health", "health"),
         Route(BOTH, b"HEAD", "/health", "health"),
         Route((PRIVATE,), b"GET", "/metrics", "metrics"),
+        Route((PRIVATE,), b"HEAD", "/metrics", "metrics"),
         Route((PRIVATE,), b"GET", "/sessions", "sessions"),
+        Route((PRIVATE,), b"HEAD", "/sessions", "sessions"),
         Route((PRIVATE,), b"GET", "/cluster", "cluster"),
+        Route((PRIVATE,), b"HEAD", "/cluster", "cluster"),
         # The client API (SPEC 3).
         Route((PUBLIC,), b"POST", "/cobrowse/sessions", "create_session", cors=True),
         # A request about a session that reaches a node which does not host it is forwarded to the
@@ -86,7 +89,8 @@ def relay_routes(*, demo_pages: bool = True) -> list:
         Route(CLIENT, b"POST", "/cobrowse/poll/{session}", "poll_post", cors=True),
     ]
     if demo_pages:
-        routes += [Route((PUBLIC,), b"GET", path, "static") for path in STATIC_FILES]
+        # HEAD answers like GET without the body (relay/_http.py), for probes and caches.
+        routes += [Route((PUBLIC,), method, path, "static") for path in STATIC_FILES for method in (b"GET", b"HEAD")]
     return routes
 
 

@@ -112,3 +112,18 @@ async def test_an_idle_kept_alive_connection_ends_quietly_but_a_slow_head_gets_4
                                           b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n",
                                           until_answers=2, timeout_s=3.0)
             assert b"HTTP/1.1 200 " in received and b"HTTP/1.1 408 " in received
+
+
+async def test_head_of_a_page_is_its_get_without_the_body():
+    with trio.fail_after(30):
+        async with running_relay() as (server, listening, client):
+            get = await raw_exchange(listening.public_port, b"GET /cobrowse/client.js HTTP/1.1\r\nHost: x\r\n\r\n",
+                                     until_answers=1)
+            head = await raw_exchange(listening.public_port,
+                                      b"HEAD /cobrowse/client.js HTTP/1.1\r\nHost: x\r\n\r\n"
+                                      b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", until_answers=2)
+            get_head, get_body = get.split(b"\r\n\r\n", 1)
+            first, second = head.split(b"HTTP/1.1 ")[1:3]
+            assert b"HTTP/1.1 " + first == get_head + b"\r\n\r\n"  # the same status and headers, no body
+            assert second.startswith(b"200 ") and b'"status":"ok"' in second
+            assert len(get_body) > 1000

@@ -17,6 +17,9 @@ EXPECTED = [
     (PRIVATE, b"GET", "/metrics", "metrics", {}),
     (PRIVATE, b"GET", "/sessions", "sessions", {}),
     (PRIVATE, b"GET", "/cluster", "cluster", {}),
+    (PRIVATE, b"HEAD", "/metrics", "metrics", {}),
+    (PRIVATE, b"HEAD", "/sessions", "sessions", {}),
+    (PRIVATE, b"HEAD", "/cluster", "cluster", {}),
     (PUBLIC, b"POST", "/cobrowse/sessions", "create_session", {}),
     (PUBLIC, b"POST", "/cobrowse/sessions/S1/join", "join_session", {"session": "S1"}),
     (PUBLIC, b"DELETE", "/cobrowse/sessions/S1", "end_session", {"session": "S1"}),
@@ -28,7 +31,7 @@ EXPECTED = [
     (PUBLIC, b"OPTIONS", "/cobrowse/sessions/S1", "preflight", {"session": "S1"}),
     (PUBLIC, b"OPTIONS", "/cobrowse/ws/S1", "preflight", {"session": "S1"}),
     (PUBLIC, b"OPTIONS", "/cobrowse/poll/S1", "preflight", {"session": "S1"}),
-] + [(PUBLIC, b"GET", path, "static", {}) for path in STATIC_FILES]
+] + [(PUBLIC, method, path, "static", {}) for path in STATIC_FILES for method in (b"GET", b"HEAD")]
 # A request forwarded by a peer node (on the private listener, with x-relay-forwarded-by) reaches the
 # routes of one session, and nothing else.
 EXPECTED += [(FORWARDED, method, path, handler, params) for listener, method, path, handler, params in list(EXPECTED)
@@ -62,15 +65,15 @@ def _error(listener, method, path) -> HTTPError:
 @pytest.mark.parametrize("listener, method, path, allow", [
     (PUBLIC, b"POST", "/health", "GET, HEAD"),
     (PRIVATE, b"DELETE", "/health", "GET, HEAD"),
-    (PRIVATE, b"POST", "/metrics", "GET"),
-    (PRIVATE, b"PUT", "/sessions", "GET"),
+    (PRIVATE, b"POST", "/metrics", "GET, HEAD"),
+    (PRIVATE, b"PUT", "/sessions", "GET, HEAD"),
     (PUBLIC, b"GET", "/cobrowse/sessions", "POST, OPTIONS"),
     (PUBLIC, b"GET", "/cobrowse/sessions/S1/join", "POST, OPTIONS"),
     (PUBLIC, b"POST", "/cobrowse/sessions/S1", "DELETE, OPTIONS"),
     (PUBLIC, b"POST", "/cobrowse/ws/S1", "GET, OPTIONS"),
     (PUBLIC, b"DELETE", "/cobrowse/poll/S1", "GET, POST, OPTIONS"),
-    (PUBLIC, b"POST", "/cobrowse/client.js", "GET"),
-    (PUBLIC, b"OPTIONS", "/cobrowse/master.html", "GET"),  # a page is not the API: no preflight
+    (PUBLIC, b"POST", "/cobrowse/client.js", "GET, HEAD"),
+    (PUBLIC, b"OPTIONS", "/cobrowse/master.html", "GET, HEAD"),  # a page is not the API: no preflight
 ])
 def test_a_wrong_method_is_405_with_the_methods_of_the_path(listener, method, path, allow):
     error = _error(listener, method, path)
