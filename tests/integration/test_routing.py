@@ -30,7 +30,7 @@ async def test_a_wrong_method_is_405_with_allow_and_the_connection_carries_on():
             assert status == 405 and header(headers, "allow") == "POST, OPTIONS"
             private = relay.Client("127.0.0.1", listening.private_port)
             status, headers, _body = await private.request("POST", "/metrics")
-            assert status == 405 and header(headers, "allow") == "GET"
+            assert status == 405 and header(headers, "allow") == "GET, HEAD"
             assert (await client.request("GET", "/health"))[0] == 200
 
 
@@ -39,5 +39,5 @@ async def test_options_outside_the_api_is_not_a_preflight():
         async with running_relay() as (_server, _listening, client):
             assert (await client.request("OPTIONS", "/cobrowse/nope"))[0] == 404
             status, headers, _body = await client.request("OPTIONS", "/cobrowse/client.js")
-            assert status == 405 and header(headers, "allow") == "GET"
+            assert status == 405 and header(headers, "allow") == "GET, HEAD"
             assert (await client.request("OPTIONS", "/cobrowse/sessions"))[0] == 204
