@@ -51,13 +51,19 @@ NODE_ARGS = ["--log-level", "warning", "--slave-queue-bytes", str(64 * 1024 * 10
              "--backlog-bytes", str(32 * 1024 * 1024), "--history-hard-limit-bytes", str(64 * 1024 * 1024)]
 
 
-def run_loadgen(port: int, size: int, seconds: float, *, subscriber_port: int | None = None) -> dict:
+def loadgen_command(port: int, size: int, seconds: float, *, subscriber_port: int | None = None) -> list:
+    """One fan-out 1 -> HOP_SLAVES of the load generator against a session created on ``port``."""
     command = [sys.executable, "-m", "benchmarks.loadgen", "--workload", "fanout", "--target", "relay",
                "--port", str(port), "--slaves", str(HOP_SLAVES), "--size", str(size), "--count", "200000",
                "--max-duration-s", str(seconds)]
     if subscriber_port is not None:
         command += ["--subscriber-port", str(subscriber_port)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S)
+    return command
+
+
+def run_loadgen(port: int, size: int, seconds: float, *, subscriber_port: int | None = None) -> dict:
+    done = subprocess.run(loadgen_command(port, size, seconds, subscriber_port=subscriber_port), cwd=ROOT,
+                          capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr.strip()[-1500:]}")
     return json.loads(done.stdout)
@@ -93,10 +99,8 @@ async def _parallel_loadgens(ports: list, size: int, seconds: float) -> list:
     results = [None] * len(ports)
 
     async def one(index, port):
-        command = [sys.executable, "-m", "benchmarks.loadgen", "--workload", "fanout", "--target", "relay",
-                   "--port", str(port), "--slaves", str(HOP_SLAVES), "--size", str(size), "--count", "200000",
-                   "--max-duration-s", str(seconds)]
-        done = await trio.run_process(command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False)
+        done = await trio.run_process(loadgen_command(port, size, seconds), cwd=ROOT, capture_stdout=True,
+                                      capture_stderr=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"load generator failed: {done.stderr.decode()[-1500:]}")
         results[index] = json.loads(done.stdout)
@@ -247,6 +251,19 @@ def measure_failover(folder: Path, plan: dict) -> dict:
             "min_s": times[0], "max_s": times[-1]}
 
 
+def print_hop_table(title: str, rows: list, base: tuple, hop: tuple) -> None:
+    """``base`` and ``hop``: (key of the rounds in each row, column label)."""
+    def median(row, key, figure):
+        return statistics.median(r[figure] for r in row[key])
+
+    print_table(title, ["size", f"{base[1]} msg/s", f"{hop[1]} msg/s", f"{hop[1]} / {base[1]}", f"{base[1]} p99 ms",
+                        f"{hop[1]} p99 ms"],
+                [[f"{row['size'] // KIB} KiB", f"{median(row, base[0], 'messages_per_s'):,.0f}",
+                  f"{median(row, hop[0], 'messages_per_s'):,.0f}", format_ratio(row["throughput_ratio"]),
+                  f"{median(row, base[0], 'latency_p99_s') * 1000:.1f}",
+                  f"{median(row, hop[0], 'latency_p99_s') * 1000:.1f}"] for row in rows])
+
+
 def main(argv: list) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, 5 kills")
@@ -262,26 +279,13 @@ def main(argv: list) -> int:
     with tempfile.TemporaryDirectory(prefix="relay-bench-cluster-") as tmp:
         folder = Path(tmp)
         hop = measure_forward_hop(folder, plan)
-        print_table("forward hop: fan-out 1 -> 4, slaves through another node vs direct to the host",
-                    ["size", "direct msg/s", "forwarded msg/s", "forwarded/direct", "direct p99 ms", "forwarded p99 ms"],
-                    [[f"{row['size'] // KIB} KiB",
-                      f"{statistics.median(r['messages_per_s'] for r in row['direct']):,.0f}",
-                      f"{statistics.median(r['messages_per_s'] for r in row['forwarded']):,.0f}",
-                      format_ratio(row["throughput_ratio"]),
-                      f"{statistics.median(r['latency_p99_s'] for r in row['direct']) * 1000:.1f}",
-                      f"{statistics.median(r['latency_p99_s'] for r in row['forwarded']) * 1000:.1f}"] for row in hop])
+        print_hop_table("forward hop: fan-out 1 -> 4, slaves through another node vs direct to the host",
+                        hop, ("direct", "direct"), ("forwarded", "forwarded"))
         lb = None
         if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
             lb = measure_lb_hop(folder, plan)
-            print_table(f"load balancer hop: {LB_SESSIONS} sessions of 1 -> 4 at once, nginx + 2 nodes vs 1 node direct",
-                        ["size", "1 node msg/s", "nginx+2 msg/s", "nginx+2 / 1 node", "1 node p99 ms", "nginx+2 p99 ms"],
-                        [[f"{row['size'] // KIB} KiB",
-                          f"{statistics.median(r['messages_per_s'] for r in row['single']):,.0f}",
-                          f"{statistics.median(r['messages_per_s'] for r in row['nginx_2_nodes']):,.0f}",
-                          format_ratio(row["throughput_ratio"]),
-                          f"{statistics.median(r['latency_p99_s'] for r in row['single']) * 1000:.1f}",
-                          f"{statistics.median(r['latency_p99_s'] for r in row['nginx_2_nodes']) * 1000:.1f}"]
-                         for row in lb])
+            print_hop_table(f"load balancer hop: {LB_SESSIONS} sessions of 1 -> 4 at once, nginx + 2 nodes vs 1 node direct",
+                            lb, ("single", "1 node"), ("nginx_2_nodes", "nginx+2"))
         else:
             print("\nnginx is not installed (scripts/system-deps): the load balancer hop is left out")
         failover = None

@@ -58,6 +58,7 @@ RECORD_REFRESH_S = 60.0
 PEER_QUERY_TIMEOUT_S = 0.5
 PEER_ANSWER_BYTES = 1024 * 1024
 STORE_RETRY_AFTER_S = 1  # Retry-After of a 503 while Redis is unreachable
+STORE_UNREACHABLE = "the cluster's state store cannot be reached; retry"
 SESSION_ID_CHARS = len(base64.urlsafe_b64encode(bytes(SESSION_ID_BYTES)).rstrip(b"="))
 SESSION_ID_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
 
@@ -307,18 +308,16 @@ class ClusterNode:
     def check_can_host(self) -> None:
         """HTTPError 503 unless this node holds a valid lease and reaches Redis (a create needs both)."""
         if not self.store_ok or trio.current_time() > self.fence.valid_until:
-            raise HTTPError(503, "cluster-unavailable", "the cluster's state store cannot be reached; retry",
-                            [("retry-after", str(STORE_RETRY_AFTER_S))])
+            raise _cannot_create()
 
     async def record_new(self, session: Session) -> None:
-        """Record a session just created here (epoch 1); HTTPError 503 if Redis cannot take it."""
-        self.check_can_host()
+        """Record a session just created here (epoch 1); HTTPError 503 if Redis cannot take it.
+        (The create checked ``check_can_host`` before minting the session.)"""
         try:
             created = await self._store.create_session(session.id, self.me, session.participants_record(),
                                                        SESSION_RECORD_TTL_S)
         except StoreUnavailable:
-            raise HTTPError(503, "cluster-unavailable", "the cluster's state store cannot be reached; retry",
-                            [("retry-after", str(STORE_RETRY_AFTER_S))]) from None
+            raise _cannot_create() from None
         if not created:  # an ID collision (2**-128) or a record that outlived its session
             raise HTTPError(503, "session-id-taken", "retry", [("retry-after", "0")])
         self.adopt(session)
@@ -367,7 +366,7 @@ class ClusterNode:
         try:
             facts = await self._store.session(session_id)
         except StoreUnavailable:
-            raise self._unavailable("the cluster's state store cannot be reached; retry") from None
+            raise self._unavailable(STORE_UNREACHABLE) from None
         if facts is None:
             raise HTTPError(404, "unknown-session", "no such session (unknown or ended)")
         if facts.host != self.me and facts.host not in self.live:
@@ -375,7 +374,7 @@ class ClusterNode:
             try:
                 self.live = set(await self._store.leases(list(self.cluster.nodes)))
             except StoreUnavailable:
-                raise self._unavailable("the cluster's state store cannot be reached; retry") from None
+                raise self._unavailable(STORE_UNREACHABLE) from None
         if facts.host != self.me and facts.host in self.live:
             return self._forward_to(facts.host, forwarded)
         if facts.host == self.me:
@@ -396,7 +395,7 @@ class ClusterNode:
         try:
             claim = await self._store.take_over(session_id, facts.epoch, self.me)
         except StoreUnavailable:
-            raise self._unavailable("the cluster's state store cannot be reached; retry") from None
+            raise self._unavailable(STORE_UNREACHABLE) from None
         if not claim.taken:
             if claim.host and claim.host != self.me and claim.host in self.live:
                 return self._forward_to(claim.host, forwarded)
@@ -435,6 +434,10 @@ class ClusterNode:
             "sessions_hosted": len(self.host.sessions),
             "epochs": {sid: s.epoch for sid, s in self.host.sessions.items()},
         }
+
+
+def _cannot_create() -> HTTPError:
+    return HTTPError(503, "cluster-unavailable", STORE_UNREACHABLE, [("retry-after", str(STORE_RETRY_AFTER_S))])
 
 
 def is_session_id(text: str) -> bool:

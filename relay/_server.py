@@ -237,24 +237,26 @@ class Server:
         if match.route.cors:
             http.response_headers = self.api.check_origin(request)
         session_id = match.params.get("session")
+        pin_cookie = []
         if self.cluster is not None and session_id is not None and match.route.handler != PREFLIGHT:
-            if await self._route_to_host(http, head, request, listener, session_id, match.route.handler):
+            if await self._route_to_host(http, head, listener, session_id, match.route.handler,
+                                         request.connection_id):
                 return True
             if match.route.handler in COOKIE_ON_ATTACH:
                 # Hosted here (or taken over just now): the answer pins the client to this node,
                 # whatever its cookie said (none, or the node it reached first).
-                http.response_headers = http.response_headers + [("set-cookie", self.api.context.cookie_header)]
+                pin_cookie = [("set-cookie", self.api.context.cookie_header)]
+                http.response_headers = http.response_headers + pin_cookie  # on every answer, errors too
         result = await self._handlers[match.route.handler](request)
-        if isinstance(result, Upgrade):
-            if self.cluster is not None and session_id is not None:
-                result.headers = list(result.headers) + [("set-cookie", self.api.context.cookie_header)]
+        if isinstance(result, Upgrade):  # a 101 is sent without response_headers: it carries its own
+            result.headers = list(result.headers) + pin_cookie
             await _upgrade(http, result)
             return True
         await http.respond(result.status, result.body, content_type=result.content_type, headers=result.headers)
         return False
 
-    async def _route_to_host(self, http: HTTPConnection, head: h11.Request, request: Request, listener: str,
-                             session_id: str, match_handler: str) -> bool:
+    async def _route_to_host(self, http: HTTPConnection, head: h11.Request, listener: str, session_id: str,
+                             handler: str, connection_id: str) -> bool:
         """In a cluster: forward the request to the session's host (True: the connection is done),
         or leave it to this node (False: the session is here now)."""
         from relay._clusternode import Forward
@@ -262,15 +264,15 @@ class Server:
         located = await self.cluster.locate(session_id, forwarded=listener == FORWARDED)
         if not isinstance(located, Forward):
             return False
-        upgrade = any(name == b"upgrade" for name, _value in head.headers) and head.method == b"GET"
+        upgrade = handler == "websocket" and any(name == b"upgrade" for name, _value in head.headers)
         if upgrade:
             body, leftover = None, bytes(http.conn.trailing_data[0])
         else:
             body, leftover = await http.read_body(self.config.poll_body_bytes, self.config.handshake_timeout_s), b""
-        log_event(log, logging.DEBUG, "cluster.forward", conn=request.connection_id, session=session_id,
+        log_event(log, logging.DEBUG, "cluster.forward", conn=connection_id, session=session_id,
                   host=located.node, upgrade=upgrade)
         # A long-poll GET is answered when there is news, or after poll_wait_s.
-        answer_timeout_s = FORWARD_ANSWER_TIMEOUT_S + (self.config.poll_wait_s if match_handler == "poll_get" else 0)
+        answer_timeout_s = FORWARD_ANSWER_TIMEOUT_S + (self.config.poll_wait_s if handler == "poll_get" else 0)
         await forward_request(http.sock, head, located.address, via=self.config.node_name, client_ip=http.peer_ip,
                               body=body, leftover=leftover, answer_timeout_s=answer_timeout_s, metrics=self.metrics)
         return True

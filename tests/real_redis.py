@@ -30,6 +30,14 @@ def _ping(port: int) -> bool:
         return False
 
 
+def _wait_for_ping(port: int, process: subprocess.Popen, what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _ping(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
 class RedisServer:
     """``with RedisServer(tmp_path) as redis:`` ... ``redis.url``; ``restart()``, ``kill()``, ``start()``."""
 
@@ -53,11 +61,7 @@ class RedisServer:
              "--dir", str(self.folder), "--daemonize", "no", "--protected-mode", "no"],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ping(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
+        _wait_for_ping(self.port, self.process, "redis-server", self.log_path)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -110,11 +114,7 @@ class SentinelRedis:
         log = open(self.folder / "sentinel.log", "ab")
         self.sentinel = subprocess.Popen([REDIS_SENTINEL, str(config)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ping(self.sentinel_port):
-            if self.sentinel.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-sentinel did not start: {(self.folder / 'sentinel.log').read_text()[-2000:]}")
-            time.sleep(0.05)
+        _wait_for_ping(self.sentinel_port, self.sentinel, "redis-sentinel", self.folder / "sentinel.log")
 
     def primary_port(self) -> int:
         """The port the Sentinel names as primary now."""

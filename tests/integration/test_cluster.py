@@ -102,6 +102,14 @@ async def session_with_clients(nodes: ClusterNodes, host: str, *, join_via: str 
     return created, joined, master, slave
 
 
+async def collect_mutations(slave, into: list) -> None:
+    """Append the body of every mutation ``slave`` receives to ``into``, until cancelled."""
+    while True:
+        envelope = await slave.receive()
+        if envelope.kind == "mutation":
+            into.append(envelope.decode())
+
+
 def hosts_of(cluster: ClusterNodes, session_id: str) -> list:
     return [name for name in cluster.processes if session_id in (cluster.view(name) or {}).get("epochs", {})]
 
@@ -303,13 +311,7 @@ async def test_redis_restarted_under_load_running_sessions_never_stop(cluster, r
                 await trio.sleep(0.01)
 
         async with trio.open_nursery() as nursery:
-            async def receive_all():
-                while True:
-                    envelope = await slave.receive()
-                    if envelope.kind == "mutation":
-                        received.append(envelope.decode())
-
-            nursery.start_soon(receive_all)
+            nursery.start_soon(collect_mutations, slave, received)
             await send_for(1.0)
             redis.kill()
             redis_down.set()
@@ -475,12 +477,7 @@ async def test_a_sentinel_failover_of_redis_stops_no_running_session(tmp_path):
                 sent = 0
                 received = []
                 async with trio.open_nursery() as nursery:
-                    async def receive_all():
-                        while True:
-                            envelope = await slave.receive()
-                            if envelope.kind == "mutation":
-                                received.append(envelope.decode())
-                    nursery.start_soon(receive_all)
+                    nursery.start_soon(collect_mutations, slave, received)
                     deadline = trio.current_time() + 20
                     while redis.primary_port() == old_primary:  # until the Sentinel promoted the replica
                         assert trio.current_time() < deadline, "the Sentinel did not fail over"
