@@ -997,12 +997,16 @@
         if (generation !== this._generation) return;
         const response = result.response;
         if (response.status === 200) {
+          const opening = first;
           if (first) {
             first = false;
             if (afterWebSocketFailed) this._tryWebSocket = false; // this network passes HTTP only
             this._opened('long-polling');
           }
           this._receive(result.body);
+          // No hello in the first answer: the relay kept our long-poll client (our after was not
+          // behind it), the same connection as far as it is concerned: what was queued may go.
+          if (opening && !this._ready && generation === this._generation && this.state === 'open') this._flushPending();
           continue;
         }
         this._stopTransport();

@@ -5,18 +5,33 @@ reconnects with ``resume=`` and gets exactly what it missed."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import struct
+import subprocess
+from pathlib import Path
 
+import pytest
 import trio
 
 from helpers import new_session, pack, running_relay, unpack
 from relay import ResendWindow
 from relay._netio import close_socket
 
+CLIENT_JS = Path(__file__).resolve().parents[2] / "relay" / "static" / "client.js"
 TIMEOUT_S = 30
 BODY_BYTES = 2048  # big enough that a burst is still in the socket buffers when the reset comes
 BURST = 200
+
+
+def node_with_websocket() -> list:
+    """Node.js with a global WebSocket (Node 20 and 21 need the flag); no skip without it."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js (`node`, version 18 or later) is required to test relay/static/client.js")
+    probe = subprocess.run([node, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"])
+    return [node] if probe.returncode == 0 else [node, "--experimental-websocket"]
 
 
 def reset(connection) -> None:
@@ -137,3 +152,77 @@ async def test_a_slave_that_reconnects_with_resume_gets_exactly_what_it_missed()
             assert slave.master_count == 5
             await master.close()
             await slave.close()
+
+
+# ---------------------------------------------------------------------------- client.js, live
+
+CLIENT_JS_SCENARIO = r"""
+const R = require(process.argv[2]);
+const assert = require('assert');
+const options = {base: process.argv[3], backoffInitialMs: 20, backoffMaxMs: 100};
+if (process.argv[4] === 'long-polling') options.disableWebSockets = true;
+const TOTAL = 60;
+
+function within(ms, what, promise) {
+  let timer;
+  const late = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error('timed out waiting for ' + what)), ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+const once = (connection, event, test) => new Promise((resolve) => {
+  const listener = function () {
+    if (test && !test.apply(null, arguments)) return;
+    connection.off(event, listener);
+    resolve(Array.from(arguments));
+  };
+  connection.on(event, listener);
+});
+
+(async () => {
+  const master = await R.create(options);
+  const hellos = [];
+  master.on('hello', (hello) => {
+    hellos.push({held: hello.held, resumed: hello.resumed});
+    if (!hello.resumed) master.send('snapshot', 'page');
+  });
+  await within(8000, 'the master hello', once(master, 'hello'));
+  const slave = await R.join(Object.assign({session: master.session, agent: 'agent-7'}, options));
+  const seen = [];
+  const done = once(slave, 'message', (kind, seq, body) => kind === 'mutation' && body === TOTAL);
+  slave.on('message', (kind, seq, body) => { if (kind === 'snapshot' || kind === 'mutation') seen.push(body); });
+  await within(8000, 'the slave hello', once(slave, 'hello'));
+  for (let n = 1; n <= TOTAL / 2; n++) master.send('mutation', n);
+  // The connection breaks under the master (no close handshake), with sends in flight and more
+  // made while it reconnects: they are numbered, kept and queued.
+  master._stopTransport();
+  master._lost(1006, 'broken by the test');
+  for (let n = TOTAL / 2 + 1; n <= TOTAL - 5; n++) master.send('mutation', n);
+  // A WebSocket gets a new hello; a long-poll GET may find its client kept by the relay (no hello).
+  await within(8000, 'the master open again', once(master, 'open'));
+  if (process.argv[4] === 'websocket') await within(8000, 'the master hello again', once(master, 'hello'));
+  for (let n = TOTAL - 4; n <= TOTAL; n++) master.send('mutation', n);
+  await within(8000, 'the last mutation', done);
+  await master.end();
+  console.log(JSON.stringify({hellos: hellos, seen: seen, transport: slave.transport}));
+  process.exit(0);
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("transport", ["websocket", "long-polling"])
+async def test_client_js_master_broken_mid_stream_loses_nothing_and_repeats_nothing(tmp_path, transport):
+    script = tmp_path / "resend.js"
+    script.write_text(CLIENT_JS_SCENARIO)
+    with trio.fail_after(40):
+        async with running_relay(poll_wait_s=1.0) as (_server, listening, _client):
+            base = f"http://127.0.0.1:{listening.public_port}"
+            result = await trio.run_process([*node_with_websocket(), str(script), str(CLIENT_JS), base, transport],
+                                            capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    out = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert out["transport"] == transport
+    assert out["hellos"][0] == {"held": 0, "resumed": False}
+    assert all(hello["resumed"] is True for hello in out["hellos"][1:])
+    if transport == "websocket":
+        assert len(out["hellos"]) == 2
+    assert out["seen"] == ["page"] + list(range(1, 61))
