@@ -511,16 +511,19 @@ class ClientConnection:
         kind, seq, sender = envelope.kind, envelope.seq, envelope.sender
         if sender == "" and seq == 0 and kind in ("hello", "resync", "ack"):
             body = self._relay_body(envelope)
-            if kind == "hello":
-                await self._note_hello(body)
-            elif kind == "resync":
-                if isinstance(body.get("epoch"), int):
-                    self.epoch = body["epoch"]
-                if self.role == "slave":
-                    self.last_seq = None  # what follows replaces the state, numbered afresh
-                    self.master_count = _count_or_none(body.get("master_count"))
-            elif self.window is not None:
-                self.window.on_ack(body)
+            try:
+                if kind == "hello":
+                    await self._note_hello(body)
+                elif kind == "resync":
+                    if isinstance(body.get("epoch"), int):
+                        self.epoch = body["epoch"]
+                    if self.role == "slave":
+                        self.last_seq = None  # what follows replaces the state, numbered afresh
+                        self.master_count = _count_or_none(body.get("master_count"))
+                elif self.window is not None:
+                    self.window.on_ack(body)
+            except ValueError as exc:  # the window refused a bad held
+                raise EnvelopeError(str(exc)) from None
             return
         if seq > 0 and self.role == "slave" and kind not in ("pointer", "control"):
             if self.last_seq is not None and seq <= self.last_seq:

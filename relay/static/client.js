@@ -519,7 +519,9 @@
         this.unnumberedNext = false;
         this._keep(item);
       }
-      item.bytes = envelopeBytes(item.kind, item.seq, item.body);
+      const bytes = envelopeBytes(item.kind, item.seq, item.body);
+      item.body = bytes.subarray(bytes.length - item.body.length); // kept once, inside its envelope
+      item.bytes = bytes;
       return item.seq;
     }
 
@@ -912,6 +914,14 @@
         const queued = new Set(this._pending);
         const resend = plan.resend.filter((item) => !queued.has(item));
         this._pending = resend.concat(this._pending.filter((item) => !(item.number > 0 && item.number <= held)));
+        for (const item of this._pending) {
+          // The fresh start's first message went unnumbered: again, it carries the number it got.
+          if (item.number > 0 && item.seq !== item.number) {
+            item.seq = item.number;
+            item.bytes = envelopeBytes(item.kind, item.seq, item.body);
+            item.body = item.bytes.subarray(item.bytes.length - item.body.length);
+          }
+        }
       } else {
         // A fresh start: what was queued gets new numbers (the first numbered one goes with seq 0).
         for (const item of this._pending) this._window.number(item);

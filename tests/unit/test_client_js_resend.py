@@ -128,6 +128,13 @@ async function bounded() {
   last().deliver('hello', 0, hello({held: 4}));
   assert.deepStrictEqual(last().sent.map((e) => [e[0], e[1]]), [['snapshot', 0]]);
   assert.deepStrictEqual(resumed, [false, true, false]);
+  // The fresh start's snapshot went unnumbered; lost with its connection, it goes again with its number.
+  last().drop(1006);
+  await tick(20);
+  last().open();
+  last().deliver('hello', 0, hello({held: 4}));
+  assert.deepStrictEqual(last().sent.map((e) => [e[0], e[1]]), [['snapshot', 5]]);
+  assert.deepStrictEqual(resumed, [false, true, false, true]);
   assert.throws(() => new R.Connection({session: 'B', token: 'b'}, Object.assign({}, options, {maxKeptBytes: -1})), /maxKeptBytes/);
   conn.close();
 }

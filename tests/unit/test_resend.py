@@ -108,6 +108,14 @@ def test_a_hello_that_holds_everything_re_sends_nothing_and_resumes():
     assert window.kept == ()  # held by the relay: nothing left to keep
 
 
+def test_the_unnumbered_snapshot_of_a_fresh_start_goes_again_with_its_number():
+    window = ResendWindow()
+    window.on_hello(master_hello(7))
+    assert window.number("snapshot", pack("page")) == 0
+    plan = window.on_hello(master_hello(7))  # it was lost with the connection
+    assert plan.resumed is True and plan.resend == ((8, "snapshot", pack("page")),)
+
+
 def test_the_same_node_after_a_broken_connection_gets_what_was_lost():
     window = started()
     for index in range(2, 5):
