@@ -76,7 +76,8 @@ def authenticate(session: Session, token: Optional[str]) -> tuple:
 
 
 def resume_params(query: dict) -> tuple:
-    """(after, epoch) of a reconnecting client, each None when absent; HTTPError 400 if malformed."""
+    """(after, epoch, master_count) of a reconnecting client, each None when absent; HTTPError 400 if
+    malformed."""
     def number(name):
         text = query.get(name)
         if text is None:
@@ -86,7 +87,7 @@ def resume_params(query: dict) -> tuple:
             raise HTTPError(400, "bad-request", f"{name} must be a non-negative integer")
         return int(text)
 
-    return number("after"), number("epoch")
+    return number("after"), number("epoch"), number("master_count")
 
 
 def _first_forwarded(value: Optional[str]) -> Optional[str]:

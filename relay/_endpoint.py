@@ -36,7 +36,7 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
         session.fence.lapsed()
         return
     # A client's own fourth element (a forged sender) ends at the peek: only the body goes on.
-    kind, _seq, body_offset, body_end = peek_envelope(payload)
+    kind, seq, body_offset, body_end = peek_envelope(payload)
     body = memoryview(payload)[body_offset:body_end]
     # The view keeps the whole received buffer alive (a long-poll body, or a big fourth element)
     # while queues count only the body: copy a body that would hold much more than itself.
@@ -44,7 +44,8 @@ def deliver_envelope(session: Session, peer: Peer, payload, now: float) -> None:
     if held > COMPACT_SLACK_BYTES and (len(body) <= COMPACT_COPY_BYTES or held > len(body) // 4):
         body = bytes(body)
     if peer.role is Role.MASTER:
-        error = session.from_master(peer, kind, body, now)
+        # A master's seq is its own number of the message (docs/protocol.md 4b); a slave's is ignored.
+        error = session.from_master(peer, kind, body, now, seq)
     else:
         error = session.from_slave(peer, kind, body, now)
     if error is not None:

@@ -80,7 +80,8 @@ class LongPollTransport:
     def handlers(self) -> dict:
         return {"poll_get": self.poll_get, "poll_post": self.poll_post}
 
-    def _peer(self, session: Session, role: Role, record, after: Optional[int], epoch: Optional[int]) -> Peer:
+    def _peer(self, session: Session, role: Role, record, after: Optional[int], epoch: Optional[int],
+              master_count: Optional[int] = None) -> Peer:
         """The long-poll peer of this token, attaching a new one when there is none (or on resume)."""
         current = session.current_peer(role, record)
         now = trio.current_time()
@@ -96,15 +97,15 @@ class LongPollTransport:
         if role is Role.MASTER:
             session.attach_master(peer, now)
         else:
-            session.attach_slave(record, peer, now, after=after, epoch=epoch)
+            session.attach_slave(record, peer, now, after=after, epoch=epoch, master_count=master_count)
         return peer
 
     async def poll_get(self, request: Request) -> Response:
         """What is queued for this client, waiting up to ``poll_wait_s`` when nothing is; 410 once closed."""
         session = session_or_404(self.context.host, request.params["session"])
         role, record = authenticate(session, request.query.get("token"))
-        after, epoch = resume_params(request.query)
-        peer = self._peer(session, role, record, after, epoch)
+        after, epoch, master_count = resume_params(request.query)
+        peer = self._peer(session, role, record, after, epoch, master_count)
         waiter = peer.poll_event
         if not peer.queue and not peer.closing:
             await waiter.wait(self.config.poll_wait_s)

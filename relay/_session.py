@@ -27,10 +27,11 @@ costs one iovec, never a copy; whatever a client put in a fourth element is drop
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import hashlib
 import secrets
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import msgpack
 
@@ -52,6 +53,8 @@ __all__ = [
 
 # Kinds (SPEC 4).
 BROADCAST_FROM_MASTER = frozenset({"snapshot", "mutation", "css", "navigate"})
+# What a master numbers (docs/protocol.md 4b): the kinds that enter the session stream.
+NUMBERED_FROM_MASTER = BROADCAST_FROM_MASTER | {"chat"}
 SHARING_KINDS = frozenset({"mutation", "css", "navigate"})  # refused in a chat-only session
 TO_MASTER_ANY_MODE = frozenset({"pointer"})
 TO_MASTER_WRITE_MODE = frozenset({"control"})
@@ -69,6 +72,9 @@ REFUSALS_PER_S = 8.0
 RECONNECT_BURST = 500
 RECONNECTS_PER_S = 2.0
 
+# The most a frame header, an envelope header and a sender stamp add to a body: 10 (frame) + 1
+# (array) + 1 + 32 (kind, at most MAX_KIND_BYTES) + 9 (seq) + 5 (bin header) + 1 + 64 (sender).
+ENVELOPE_HEAD_MAX_BYTES = 123
 SLAVE_ID_BYTES = 8
 TOKEN_BYTES = 32  # 256-bit role tokens
 
@@ -84,6 +90,22 @@ def token_digest(token: str) -> bytes:
     A 256-bit random token needs no salt or slow hash; the raw token is only ever in the answer to
     the create or join that made it."""
     return hashlib.sha256(token.encode()).digest()
+
+
+@dataclasses.dataclass
+class StreamState:
+    """The session stream as the failover copy keeps it: the history (snapshot and what followed),
+    the last ``seq``, the master count before the history (``base_count``), the master's latest
+    message number (``held``), whether the session is still chat-only, the epoch that wrote it and
+    the earlier epochs it continues (``lineage``, see :attr:`Session.lineage`)."""
+
+    seq: int
+    base_count: int
+    held: int
+    chat: bool
+    writer_epoch: int
+    lineage: dict
+    messages: list
 
 
 class Role(str, enum.Enum):
@@ -108,7 +130,7 @@ class Outgoing:
     ``envelope()`` gives the parts without the WebSocket header, for long-polling.
     """
 
-    __slots__ = ("kind", "seq", "head", "ws_header_length", "body", "tail", "size", "cost")
+    __slots__ = ("kind", "seq", "head", "ws_header_length", "body", "tail", "size", "cost", "count", "number")
 
     def __init__(self, kind: str, seq: int, body, tail: bytes) -> None:
         body_length = len(body)
@@ -122,6 +144,13 @@ class Outgoing:
         self.cost = self.size + MESSAGE_OVERHEAD_BYTES  # what bounds count (relay._outbox)
         # The 7-bit length field says how long the frame header is: 126 -> 16-bit, 127 -> 64-bit.
         self.ws_header_length = _WS_HEADER_LENGTH[head[1] & 0x7F]
+        # Stream messages only (set by Session._publish): the session's count of master messages and
+        # the master's own message number ("held"), both as of this message (docs/protocol.md 4b).
+        self.count = 0
+        self.number = 0
+
+    def is_from_master(self) -> bool:
+        return self.tail == MASTER_TAIL
 
     def envelope(self) -> tuple:
         return (memoryview(self.head)[self.ws_header_length:], self.body, self.tail)
@@ -147,7 +176,7 @@ class Peer(Outbox):
     """
 
     __slots__ = ("role", "slave", "transport", "session", "connection_id", "last_seen", "poll_event",
-                 "refusals")
+                 "refusals", "skip_through")
 
     def __init__(self, role: Role, *, transport: str, limit: int, connection_id: str = "") -> None:
         super().__init__(limit)
@@ -159,6 +188,10 @@ class Peer(Outbox):
         self.last_seen = 0.0
         self.poll_event = None  # long-poll only: wakes the GET that waits for this peer
         self.refusals = TokenBucket(REFUSAL_BURST, REFUSALS_PER_S)
+        # A slave that resumed past the failover copy already has the master messages counted up to
+        # this; it leaves the master's re-sends of them out itself.  Until the stream is past them,
+        # a divergence (the master could not re-send) resyncs it (0: nothing to watch).
+        self.skip_through = 0
 
     def allow_refusal(self, now: float) -> bool:
         """Take one refusal from this client's allowance (a token bucket); False when it is spent."""
@@ -211,6 +244,21 @@ class Session:
         self.history: list = []  # Outgoing, consecutive seqs, since the latest snapshot
         self.history_bytes = 0
         self.history_complete = True  # False after the hard limit cut it: wait for a snapshot
+        # Master messages (docs/protocol.md 4b): how many the stream has had (slaves count them too),
+        # the count before history[0], and the master's own number of the latest one taken.
+        self.master_count = 0
+        self.history_base_count = 0
+        self.held = 0
+        # Earlier epochs this one continues (a takeover that loaded the failover copy): epoch ->
+        # [the copy's last seq of that epoch, the master count from which this stream may differ
+        # from what that epoch's slaves saw beyond it (None: not yet)].
+        self.lineage: dict = {}
+        self._open_lineage = False  # some lineage entry has no divergence point yet
+        self._skipping = 0  # slave peers with a skip_through
+        # The failover copy (relay/_streamcopy.py): called once when the stream has news for it.
+        self.on_stream: Optional[Callable] = None
+        self.copy_dirty = False
+        self.copy = None  # the copier's cursor
         self.snapshot_requested = False
         self.created_at = now
         self.last_activity = now
@@ -253,10 +301,11 @@ class Session:
 
     @classmethod
     def restore(cls, session_id: str, config: Config, record: dict, *, epoch: int, now: float = 0.0,
-                observer: Optional[Callable] = None) -> "Session":
-        """The session as a new host takes it over: the same participants and tokens, a new epoch, an
-        empty stream (the master re-sends its snapshot; slaves resync).  ValueError if ``record`` is
-        not one that :meth:`participants_record` made."""
+                observer: Optional[Callable] = None, stream=None) -> "Session":
+        """The session as a new host takes it over: the same participants and tokens, a new epoch.
+        With ``stream`` (a :class:`StreamState` loaded from the failover copy) the stream goes on
+        where the copy ends; without it the stream is empty (the master sends a snapshot, slaves
+        resync).  ValueError if ``record`` is not one that :meth:`participants_record` made."""
         try:
             session = cls(session_id, config, chat=bool(record.get("chat", False)), now=now, epoch=epoch,
                           observer=observer)
@@ -271,7 +320,36 @@ class Session:
                 session.slaves_by_digest[slave.digest] = slave
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"unreadable session record: {exc!r}") from None
+        if stream is not None:
+            session._continue(stream)
         return session
+
+    def _continue(self, stream: "StreamState") -> None:
+        """Take the stream over from the failover copy: its history, numbering and counts."""
+        self.history = list(stream.messages)
+        self.history_bytes = sum(message.cost for message in self.history)
+        self.history_complete = True
+        self.seq = stream.seq
+        self.history_base_count = stream.base_count
+        count = stream.base_count
+        for message in self.history:
+            if message.tail is MASTER_TAIL:
+                count += 1
+            message.count = count
+        self.master_count = count
+        self.held = stream.held
+        if self.history:  # what an ack of the whole copy says (earlier messages' numbers are not kept)
+            self.history[-1].number = stream.held
+        self.chat_only = stream.chat
+        self.lineage = {int(e): list(entry) for e, entry in stream.lineage.items()}
+        self.lineage[stream.writer_epoch] = [stream.seq, None]
+        self._open_lineage = any(entry[1] is None for entry in self.lineage.values())
+
+    def stream_state(self) -> "StreamState":
+        """What the failover copy keeps of the stream now (the messages are the history's own)."""
+        return StreamState(seq=self.seq, base_count=self.history_base_count, held=self.held,
+                           chat=self.chat_only, writer_epoch=self.epoch, lineage=dict(self.lineage),
+                           messages=self.history)
 
     def slave_slots_used(self) -> int:
         """Slaves that hold a place: connected, or joined / gone less than the grace ago (they may
@@ -362,7 +440,7 @@ class Session:
             self._broadcast_presence({"event": "master-reconnected"})
 
     def attach_slave(self, record: SlaveRecord, peer: Peer, now: float, *, after: Optional[int] = None,
-                     epoch: Optional[int] = None) -> None:
+                     epoch: Optional[int] = None, master_count: Optional[int] = None) -> None:
         """Connect a slave and queue its catch-up before any live traffic."""
         if self.ended:
             raise SessionEnded(self.ended)
@@ -371,6 +449,7 @@ class Session:
             previous.close(CloseCode.REPLACED, "replaced by a newer connection of this slave")
         if previous in self._slave_peers:
             self._slave_peers.remove(previous)
+            self._stop_skipping(previous)
         record.peer = peer
         record.idle_since = None
         peer.slave = record
@@ -382,18 +461,28 @@ class Session:
             if self.master is not None:
                 self.master.push_within_bound(relay_message("presence", self._join_request(record)))
             return
-        self._let_in(record, peer, after, epoch)
+        self._let_in(record, peer, after, epoch, master_count)
 
-    def _let_in(self, record: SlaveRecord, peer: Peer, after: Optional[int], epoch: Optional[int]) -> None:
+    def _let_in(self, record: SlaveRecord, peer: Peer, after: Optional[int], epoch: Optional[int],
+                master_count: Optional[int] = None) -> None:
         """Put an admitted slave in the fan-out: hello, its catch-up, then live traffic.  A slave
         admitted while it waited gets a second hello: what follows it replaces its (empty) state."""
         self._slave_peers.append(peer)
-        catchup, messages = self._catch_up(after, epoch)
-        peer.push(relay_message("hello", self._hello(Role.SLAVE, record, catchup)))
+        catch_up = self._catch_up(after, epoch, master_count)
+        catchup = catch_up.how
+        hello = self._hello(Role.SLAVE, record, catchup)
+        hello["master_count"] = catch_up.master_count
+        if catch_up.after is not None:
+            hello["after"] = catch_up.after
+        peer.push(relay_message("hello", hello))
         if catchup == "resync":
-            peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq}))
-        for message in messages:
+            peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq,
+                                               "master_count": catch_up.master_count}))
+        for message in catch_up.messages:
             peer.push(message)
+        if catch_up.skip > self.master_count:  # the master has not re-sent all it has yet
+            peer.skip_through = catch_up.skip
+            self._skipping += 1
         peer.resync_pending = catchup != "resume"  # overflowing a catch-up means "cannot keep up"
         self._broadcast_presence({"event": "joined", "slave": record.slave_id, "agent": record.agent_id,
                                   "mode": record.mode})
@@ -423,6 +512,7 @@ class Session:
                         "presence", {"event": "join-withdrawn", "slave": record.slave_id, "agent": record.agent_id}))
                 return
             self._slave_peers.remove(peer)
+            self._stop_skipping(peer)
             if not self.ended:
                 self._broadcast_presence({"event": "left", "slave": record.slave_id, "agent": record.agent_id})
 
@@ -459,11 +549,27 @@ class Session:
 
     # ------------------------------------------------------------------ traffic
 
-    def from_master(self, peer: Peer, kind: str, body, now: float) -> Optional[Outgoing]:
-        """Route one envelope from the master.  Returns an error message for the sender, or None."""
+    def from_master(self, peer: Peer, kind: str, body, now: float, number: int = 0) -> Optional[Outgoing]:
+        """Route one envelope from the master.  Returns an error message for the sender, or None.
+
+        ``number`` is the master's own number of a stream message (its envelope's seq; 0:
+        unnumbered): a number already held is a re-send, dropped (docs/protocol.md 4b)."""
         if peer is not self.master or self.ended:
             return relay_message("error", {"code": "not-master", "message": "this connection is not the session's master"})
         self.last_activity = now
+        if kind in NUMBERED_FROM_MASTER:
+            if number:
+                if number <= self.held:
+                    self.stats["repeats_dropped"] += 1
+                    return None
+                if number > self.held + 1:
+                    self.stats["number_gaps"] += 1
+                    self._diverged()  # what was between is lost: nobody may skip it
+                self.held = number
+            else:
+                self.held += 1
+                if self._open_lineage:
+                    self._diverged()  # not a re-send of anything: beyond the copy, the streams differ
         if kind in BROADCAST_FROM_MASTER:
             if kind == "snapshot":
                 self.chat_only = False
@@ -512,10 +618,19 @@ class Session:
         ``tail`` is the sender's stamp; the master does not receive back what it sent."""
         self.seq += 1
         message = Outgoing(kind, self.seq, body, tail)
+        if from_master:
+            self.master_count += 1
+        message.count = self.master_count
+        message.number = self.held
         self._remember(message)
+        if not self.copy_dirty and self.on_stream is not None:
+            self.copy_dirty = True
+            self.on_stream(self)
         size = message.size
         cost = message.cost
         receivers = 0
+        if self._skipping and from_master:
+            self._passed(message.count)
         for peer in self._slave_peers:
             # The common case inline (this loop runs for every slave of every message).
             if peer.close_code is None and peer.queued_bytes + cost <= peer.limit:
@@ -540,11 +655,39 @@ class Session:
             self._observer(self, kind, message.seq, message.size)
         return message
 
+    def _passed(self, count: int) -> None:
+        """The stream reached master count ``count``: slaves that had up to there have it all again."""
+        for peer in self._slave_peers:
+            if peer.skip_through and peer.skip_through <= count:
+                self._stop_skipping(peer)
+
+    def _stop_skipping(self, peer: Peer) -> None:
+        if peer.skip_through:
+            peer.skip_through = 0
+            self._skipping -= 1
+
+    def _diverged(self) -> None:
+        """The master's stream stops being a re-send of what earlier epochs' slaves saw: from the next
+        master message on, a slave that resumes from such an epoch past the copy must resync."""
+        point = self.master_count + 1
+        for entry in self.lineage.values():
+            if entry[1] is None:
+                entry[1] = point
+        self._open_lineage = False
+        if not self._skipping:
+            return
+        for peer in list(self._slave_peers):
+            if peer.skip_through >= point:
+                self._stop_skipping(peer)
+                self.stats["resyncs"] += 1
+                self._resync_peer(peer, "diverged")
+
     def _to_master(self, kind: str, body, tail: bytes) -> None:
         master = self.master
-        if master is None or master.queued_bytes + len(body) + MESSAGE_OVERHEAD_BYTES > master.limit:
-            # Events are about the page as it is now: with no master, or one that does not read,
-            # they are worth nothing later, and they must not grow memory.
+        # Events are about the page as it is now: with no master, or one that does not read, they
+        # are worth nothing later, and they must not grow memory.  (The envelope header is at most
+        # ENVELOPE_HEAD_MAX_BYTES: the check needs no message built for an event it drops.)
+        if master is None or master.queued_bytes + len(body) + ENVELOPE_HEAD_MAX_BYTES + MESSAGE_OVERHEAD_BYTES > master.limit:
             self.stats["dropped_to_master"] += 1
             return
         self.inbox_seq += 1
@@ -559,6 +702,7 @@ class Session:
     def _remember(self, message: Outgoing) -> None:
         if message.kind == "snapshot":
             self.history = [message]
+            self.history_base_count = message.count - 1
             self.history_bytes = message.cost
             self.history_complete = True
             self.snapshot_requested = False
@@ -594,13 +738,7 @@ class Session:
             return False
         # ``message`` is already in the history, so the catch-up below includes it.
         self.stats["resyncs"] += 1
-        self.stats["dropped_stale"] += len(peer.queue)
-        peer.clear()
-        catchup, messages = self._catch_up(None, None)
-        peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq, "reason": "slow"}))
-        for item in messages:
-            peer.push(item)
-        peer.resync_pending = True
+        self._resync_peer(peer, "slow")
         if peer.queued_bytes > peer.limit:
             self.stats["slow_closed"] += 1
             self.stats["dropped_stale"] += len(peer.queue)
@@ -608,6 +746,22 @@ class Session:
             peer.close(CloseCode.TRY_AGAIN_LATER, "slave cannot keep up with the session")
             return False
         return True
+
+    def _resync_peer(self, peer: Peer, reason: str) -> None:
+        """Drop what is queued for a slave and queue ``resync``, the latest snapshot and what followed."""
+        self.stats["dropped_stale"] += len(peer.queue)
+        peer.clear()
+        self._stop_skipping(peer)
+        peer.push(relay_message("resync", {"epoch": self.epoch, "seq": self.seq, "reason": reason,
+                                           "master_count": self.history_base_count}))
+        for item in self._catch_up(None, None).messages:
+            peer.push(item)
+        peer.resync_pending = True
+
+    def ack(self, seq: int, held: int) -> Outgoing:
+        """The master's ``ack`` (docs/protocol.md 4b): the failover copy holds the stream up to ``seq``
+        and the master's messages numbered up to ``held``."""
+        return relay_message("ack", {"seq": seq, "held": held})
 
     def _set_mode(self, body) -> Optional[Outgoing]:
         try:
@@ -631,19 +785,44 @@ class Session:
 
     # ------------------------------------------------------------------ catch-up
 
-    def _catch_up(self, after: Optional[int], epoch: Optional[int]) -> tuple:
-        """(how, messages) for a slave that knows the stream up to ``after`` (None: nothing)."""
+    def _catch_up(self, after: Optional[int], epoch: Optional[int], master_count: Optional[int] = None) -> "CatchUp":
+        """What a slave that knows the stream up to ``after`` (None: nothing) of ``epoch`` receives."""
         history = self.history
-        if after is not None and (epoch is None or epoch == self.epoch):
+        skip = 0
+        if after is not None and epoch is not None and epoch != self.epoch:
+            entry = self.lineage.get(epoch)
+            if entry is None:
+                after = -1  # another stream: nothing it has can be continued
+            elif after > entry[0]:
+                # It saw messages of ``epoch`` that the copy had not got: they are gone, except the
+                # master's, which the master re-sends; it is left out of what it already has.
+                diverged_at = entry[1]
+                if master_count is None or (diverged_at is not None and master_count >= diverged_at):
+                    after = -1
+                else:
+                    after, skip = entry[0], master_count
+        if after is not None and after >= 0:
             if after == self.seq:
-                return "resume", []
+                return CatchUp("resume", [], after, self._count_at(after), skip)
             if history and self.history_complete and history[0].seq <= after + 1 <= self.seq:
-                return "resume", history[after + 1 - history[0].seq:]
+                return CatchUp("resume", history[after + 1 - history[0].seq:], after, self._count_at(after), skip)
+            if skip and history and self.history_complete and history[0].kind == "snapshot" and history[0].count <= skip:
+                # The history starts at a snapshot it already has (re-sent): it leaves that out too.
+                return CatchUp("resume", list(history), history[0].seq - 1, self.history_base_count, skip)
         if not self.history_complete:
-            return "pending", []
-        if after is None:
-            return "full", list(history)
-        return "resync", list(history)
+            return CatchUp("pending", [], None, self.master_count, 0)
+        how = "full" if after is None else "resync"
+        return CatchUp(how, list(history), None, self.history_base_count, 0)
+
+    def _count_at(self, seq: int) -> int:
+        """The master count as of stream message ``seq`` (the live count for the latest)."""
+        history = self.history
+        if seq >= self.seq or not history:
+            return self.master_count
+        index = seq - history[0].seq
+        if index < 0:
+            return self.history_base_count
+        return history[index].count
 
     def _hello(self, role: Role, record: Optional[SlaveRecord], catchup: str) -> dict:
         hello = {
@@ -659,6 +838,7 @@ class Session:
             hello["mode"] = record.mode
         else:
             hello["mode"] = "write"
+            hello["held"] = self.held  # the master re-sends what it numbered beyond this (docs/protocol.md 4b)
             hello["slaves"] = [
                 {"slave": r.slave_id, "agent": r.agent_id, "mode": r.mode}
                 for r in self.slaves.values() if r.peer is not None and r.admitted
@@ -690,6 +870,18 @@ class Session:
             "history_messages": len(self.history),
             "history_bytes": self.history_bytes,
         }
+
+
+class CatchUp(NamedTuple):
+    """A slave's catch-up: ``how`` (full, resume, resync, pending), the ``messages`` to queue, the
+    seq they continue from (``after``, resume only), the master count before them and the slave's
+    own count when it is ahead of that (``skip``: it leaves out re-sends up to there; 0: none)."""
+
+    how: str
+    messages: list
+    after: Optional[int]
+    master_count: int
+    skip: int
 
 
 def _error(code: str, message: str) -> Outgoing:

@@ -47,7 +47,7 @@ class WebSocketAttach:
                             [("upgrade", "websocket"), ("connection", "Upgrade")])
         session = session_or_404(self.context.host, request.params["session"])
         role, record = authenticate(session, request.query.get("token"))
-        after, epoch = resume_params(request.query)
+        after, epoch, master_count = resume_params(request.query)
         headers = accept_headers(request.head)
         allow_connection(session, role, record, trio.current_time())  # a reconnect storm gets 429
         context = self.context
@@ -68,7 +68,7 @@ class WebSocketAttach:
                 if role is Role.MASTER:
                     session.attach_master(peer, now)
                 else:
-                    session.attach_slave(record, peer, now, after=after, epoch=epoch)
+                    session.attach_slave(record, peer, now, after=after, epoch=epoch, master_count=master_count)
             except SessionEnded:  # it ended while the 101 was on its way
                 peer.close(CloseCode.SESSION_ENDED, "session ended")
             log_event(log, logging.INFO, "ws.open", conn=connection_id, session=session.id, role=role.value,
