@@ -263,7 +263,9 @@ class ClientConnection:
     ``last_seq`` and ``master_count``, for ``resume_params``); with a ``window`` (a numbering master)
     it also numbers what ``send`` sends, sends again after a ``hello`` what the relay lacks
     (``resumed``), and forgets what an ``ack`` says the failover copy holds.  Every envelope still
-    reaches the caller.  ``receive_frame`` and ``receive_batch`` skip all of this."""
+    reaches the caller (``hello`` and ``ack`` too), except the master's re-sends that a slave resumed
+    across a failover had already applied (``left_out`` counts them).  ``receive_frame`` and
+    ``receive_batch`` skip all of this."""
 
     def __init__(self, sock: socket.socket, leftover: bytes, max_message_bytes: int) -> None:
         self.sock = sock
@@ -287,6 +289,9 @@ class ClientConnection:
         self.last_seq: Optional[int] = None
         #: A slave's count of stream messages stamped "master" (None: the relay did not say).
         self.master_count: Optional[int] = None
+        #: A slave's master re-sends left out (it had applied them before a failover, 4b).
+        self.left_out = 0
+        self._skip_through: Optional[int] = None
         self._unreturned: deque[Envelope] = deque()  # read by wait_for_hello, not yet by receive
         #: With ``open(..., decode=False)``: the bytes that came with the handshake response, unparsed.
         self.unread = b""
@@ -464,13 +469,17 @@ class ClientConnection:
         return payloads
 
     async def receive(self) -> Envelope:
-        """The next envelope from the relay (its bookkeeping done: see the class)."""
+        """The next envelope from the relay (its bookkeeping done: see the class).
+
+        A slave that resumed past a failover copy does not get the master's re-sends of messages
+        it already had (docs/protocol.md 4b): they are counted in ``left_out`` instead."""
         if self._unreturned:
             return self._unreturned.popleft()
-        _opcode, payload = await self.receive_frame()
-        envelope = parse_delivered(payload)
-        await self._note(envelope)
-        return envelope
+        while True:
+            _opcode, payload = await self.receive_frame()
+            envelope = parse_delivered(payload)
+            if await self._note(envelope):
+                return envelope
 
     async def wait_for_hello(self) -> dict:
         """Read up to the next ``hello`` (the relay sends one first on every connection) and return
@@ -480,7 +489,8 @@ class ClientConnection:
             for _ in range(MAX_ENVELOPES_BEFORE_HELLO):
                 _opcode, payload = await self.receive_frame()
                 envelope = parse_delivered(payload)
-                await self._note(envelope)
+                if not await self._note(envelope):
+                    continue
                 read.append(envelope)
                 if envelope.kind == "hello" and envelope.sender == "":
                     return self.hello
@@ -494,9 +504,14 @@ class ClientConnection:
         if self.role == "slave" and self.last_seq is not None and self.epoch is not None:
             params["after"] = self.last_seq
             params["epoch"] = self.epoch
-            if self.master_count is not None:
-                params["master_count"] = self.master_count
+            if self._applied_count() is not None:
+                params["master_count"] = self._applied_count()
         return params
+
+    def _applied_count(self) -> Optional[int]:
+        """A slave's count of master messages applied (more than ``master_count`` while re-sends are
+        left out)."""
+        return self._skip_through if self._skip_through is not None else self.master_count
 
     def _relay_body(self, envelope: Envelope) -> dict:
         try:
@@ -507,7 +522,8 @@ class ClientConnection:
             raise EnvelopeError(f"the relay's {envelope.kind} body is not a map")
         return body
 
-    async def _note(self, envelope: Envelope) -> None:
+    async def _note(self, envelope: Envelope) -> bool:
+        """The bookkeeping of one envelope; False for a re-send this slave leaves out."""
         kind, seq, sender = envelope.kind, envelope.seq, envelope.sender
         if sender == "" and seq == 0 and kind in ("hello", "resync", "ack"):
             body = self._relay_body(envelope)
@@ -520,17 +536,26 @@ class ClientConnection:
                     if self.role == "slave":
                         self.last_seq = None  # what follows replaces the state, numbered afresh
                         self.master_count = _count_or_none(body.get("master_count"))
+                        self._skip_through = None
                 elif self.window is not None:
                     self.window.on_ack(body)
             except ValueError as exc:  # the window refused a bad held
                 raise EnvelopeError(str(exc)) from None
-            return
+            return True
         if seq > 0 and self.role == "slave" and kind not in ("pointer", "control"):
             if self.last_seq is not None and seq <= self.last_seq:
-                return  # already seen: counted once
+                return True  # already seen: counted once
             self.last_seq = seq
             if sender == "master" and self.master_count is not None:
                 self.master_count += 1
+                if self._skip_through is not None:
+                    repeat = self.master_count <= self._skip_through
+                    if self.master_count >= self._skip_through:
+                        self._skip_through = None
+                    if repeat:
+                        self.left_out += 1
+                        return False
+        return True
 
     async def _note_hello(self, body: dict) -> None:
         self.hello = body
@@ -552,7 +577,13 @@ class ClientConnection:
             elif _count_or_none(body.get("after")) is not None:
                 # Across epochs the stream continues from the copy's end, maybe below our last seq.
                 self.last_seq = body["after"]
-            self.master_count = _count_or_none(body.get("master_count"))
+            count = _count_or_none(body.get("master_count"))
+            applied = self._applied_count()
+            # Resumed from a copy that ends before what we applied: the master's re-sends of what we
+            # have come first, left out until our count is back.
+            behind = self.resumed and count is not None and applied is not None and applied > count
+            self._skip_through = applied if behind else None
+            self.master_count = count
         else:
             self.resumed = False
 

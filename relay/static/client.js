@@ -26,7 +26,8 @@
  * snapshot (a slave's hello has resumed = true when its catch-up is a resume).  A slave counts the
  * master's messages (connection.masterCount) and reconnects with
  * after=<last seq>&epoch=<epoch>&master_count=<count>, so that it gets exactly what it missed even
- * from a new host.  Nothing is sent on a connection before its hello: sends wait in the queue.
+ * from a new host; the master's re-sends of messages it had already applied are left out (no
+ * 'message' event).  Nothing is sent on a connection before its hello: sends wait in the queue.
  */
 (function (root, factory) {
   'use strict';
@@ -700,6 +701,7 @@
       this.lastSeq = null; // last session-stream seq seen (null: the next message starts fresh)
       this.lastInboxSeq = 0; // master only: pointer/control events are numbered apart
       this.masterCount = null; // slave only: stream messages stamped "master" so far (null: unknown)
+      this._skipThrough = null; // slave only: master messages up to this count are re-sends it has applied
       this._window = new ResendWindow(this.options.maxKeptBytes); // numbers only a master's messages
       this._ready = false; // the current transport's hello was handled: sends may go out
       this._listeners = {};
@@ -820,10 +822,14 @@
       let query = '?token=' + encodeURIComponent(this.token);
       if (this.lastSeq !== null && this.epoch !== null) {
         query += '&after=' + this.lastSeq + '&epoch=' + this.epoch;
-        if (this.role === 'slave' && this.masterCount !== null) query += '&master_count=' + this.masterCount;
+        const applied = this.role === 'slave' ? this._appliedCount() : null;
+        if (applied !== null) query += '&master_count=' + applied;
       }
       return query;
     }
+
+    /** A slave's count of master messages applied (more than masterCount while re-sends are left out). */
+    _appliedCount() { return this._skipThrough !== null ? this._skipThrough : this.masterCount; }
 
     _connect() {
       if (this.state === 'closed') return;
@@ -1173,7 +1179,12 @@
           if (this.role === 'slave') {
             // Across epochs a resume continues from the failover copy's end, maybe below our seq.
             if (body.resumed && Number.isSafeInteger(body.after) && body.after >= 0) this.lastSeq = body.after;
-            this.masterCount = Number.isSafeInteger(body.master_count) && body.master_count >= 0 ? body.master_count : null;
+            const count = Number.isSafeInteger(body.master_count) && body.master_count >= 0 ? body.master_count : null;
+            // Resumed from a failover copy that ends before what we applied: the master's re-sends
+            // of what we have come first; leave them out until our count is back (protocol.md 4b).
+            const applied = this._appliedCount();
+            this._skipThrough = body.resumed && count !== null && applied !== null && applied > count ? applied : null;
+            this.masterCount = count;
           }
         }
         this._flushPending(); // before the listeners: what they send comes after
@@ -1194,6 +1205,7 @@
         if (this.role === 'slave') {
           this.lastSeq = null;
           this.masterCount = body && Number.isSafeInteger(body.master_count) && body.master_count >= 0 ? body.master_count : null;
+          this._skipThrough = null; // what follows replaces the state: nothing of it was applied
         }
         if (body && typeof body.epoch === 'number') this.epoch = body.epoch;
         this._emit('resync', body);
@@ -1214,6 +1226,7 @@
         this._emit('error', new RelayError(String(info.code || 'error'), String(info.message || info.code || 'error')));
         return;
       }
+      let repeat = false; // a master re-send this slave applied before a failover
       if (seq > 0) {
         if (this.role === 'master' && (kind === 'pointer' || kind === 'control')) {
           this.lastInboxSeq = seq;
@@ -1227,9 +1240,16 @@
         } else if (this.lastSeq === null || seq > this.lastSeq) {
           // The master does not receive its own messages, so its view of the stream has holes.
           this.lastSeq = seq;
-          if (this.role === 'slave' && sender === MASTER && this.masterCount !== null) this.masterCount += 1;
+          if (this.role === 'slave' && sender === MASTER && this.masterCount !== null) {
+            this.masterCount += 1;
+            if (this._skipThrough !== null) {
+              repeat = this.masterCount <= this._skipThrough;
+              if (this.masterCount >= this._skipThrough) this._skipThrough = null;
+            }
+          }
         }
       }
+      if (repeat) return; // counted and its seq seen, never applied twice
       if (kind === 'presence') {
         if (this._notRelay(kind, sender)) return; // after the seq bookkeeping: it was in the stream
         this._notePresence(body);

@@ -163,9 +163,24 @@ async function slave() {
   last().deliver('hello', 0, {role: 'slave', epoch: 6, seq: 12, catchup: 'resume', after: 10, mode: 'pointer',
                               slave: 'ab', master_count: 5});
   assert.strictEqual(conn.lastSeq, 10);
-  last().deliver('mutation', 11, 'm', 'master'); // the master's re-send: not a repeat
-  last().deliver('css', 12, 'c', 'master');
+  // The master re-sends what the copy lacked: this slave had applied it (its count was 6), left out.
+  last().deliver('mutation', 11, 'm', 'master');
+  last().deliver('chat', 12, 'new', 'cd'); // not the master's: applied
+  last().deliver('css', 13, 'c', 'master');
   assert.strictEqual(conn.masterCount, 7);
+  // A reconnect in the middle of a skip asks with the count it applied, and goes on leaving out.
+  last().deliver('hello', 0, {role: 'slave', epoch: 7, seq: 20, catchup: 'resume', after: 13, mode: 'pointer',
+                              slave: 'ab', master_count: 5});
+  last().deliver('mutation', 14, 'm6', 'master'); // count 6: applied before, left out
+  last().drop(1012);
+  await tick(20);
+  assert.strictEqual(last().url, 'ws://relay.test/cobrowse/ws/S?token=s&after=14&epoch=7&master_count=7');
+  last().open();
+  last().deliver('hello', 0, {role: 'slave', epoch: 7, seq: 20, catchup: 'resume', mode: 'pointer', slave: 'ab',
+                              master_count: 6});
+  last().deliver('mutation', 15, 'm7', 'master'); // count 7: still had it
+  last().deliver('mutation', 16, 'm8', 'master'); // count 8: new
+  assert.strictEqual(conn.masterCount, 8);
   last().deliver('resync', 0, {epoch: 6, seq: 30, master_count: 2});
   assert.strictEqual(conn.masterCount, 2);
   last().deliver('snapshot', 30, 'page', 'master');
@@ -261,4 +276,4 @@ def test_client_js_numbers_keeps_re_sends_and_counts(tmp_path):
         "error protocol",  # the ack without held
     ]
     assert out["slave"] == ["hello resumed=false", "snapshot8", "chat9", "mutation11",
-                            "hello resumed=true", "mutation11", "css12", "snapshot30", "hello resumed=true", "mutation31"]
+                            "hello resumed=true", "chat12", "css13", "hello resumed=true", "hello resumed=true", "mutation16", "snapshot30", "hello resumed=true", "mutation31"]

@@ -358,14 +358,17 @@ async def test_a_slave_connection_counts_master_messages_and_gives_its_resume_po
         assert [e.kind for e in received] == ["hello", "snapshot", "presence", "chat", "mutation", "mutation", "error"]
         assert connection.last_seq == 11 and connection.master_count == 6 and connection.resumed is False
         assert connection.resume_params() == {"after": 11, "epoch": 3, "master_count": 6}
-        # A resume across epochs continues from the copy's end (below our last seq).
+        # A resume across epochs continues from the copy's end (below our last seq); the master's
+        # re-send of the mutation we had is left out.
         await relay.write_bytewise(server_frame("hello", 0, dict(hello, epoch=4, catchup="resume", after=10,
                                                                  master_count=5), ""),
-                                   server_frame("mutation", 11, "m", "master"))
+                                   server_frame("mutation", 11, "m", "master"),
+                                   server_frame("css", 12, "c", "master"))
         await connection.receive()
         assert connection.resumed is True and connection.last_seq == 10 and connection.master_count == 5
-        await connection.receive()
-        assert connection.resume_params() == {"after": 11, "epoch": 4, "master_count": 6}
+        css = await connection.receive()
+        assert (css.kind, css.seq) == ("css", 12) and connection.left_out == 1
+        assert connection.resume_params() == {"after": 12, "epoch": 4, "master_count": 7}
         # A resync starts afresh: no position until the next stream message, the count from its body.
         await relay.write_bytewise(server_frame("resync", 0, {"epoch": 5, "seq": 2, "master_count": 1}, ""))
         await connection.receive()
@@ -373,11 +376,50 @@ async def test_a_slave_connection_counts_master_messages_and_gives_its_resume_po
         await relay.write_bytewise(server_frame("snapshot", 2, "page", "master"))
         await connection.receive()
         assert connection.resume_params() == {"after": 2, "epoch": 5, "master_count": 2}
+        assert connection.left_out == 1
         # An older relay says no master_count: the position goes without it.
         await relay.write_bytewise(server_frame("hello", 0, {"role": "slave", "epoch": 6, "catchup": "resume"}, ""),
                                    server_frame("mutation", 3, "m", "master"))
         await connection.receive()
         await connection.receive()
         assert connection.resume_params() == {"after": 3, "epoch": 6}
+        connection.sock.close()
+        relay.sock.close()
+
+
+async def test_a_slave_resumed_past_the_copy_leaves_out_the_re_sends_it_had_applied():
+    with trio.fail_after(TIMEOUT_S):
+        connection, relay = await pair()
+        hello = {"role": "slave", "session": "s", "epoch": 1, "seq": 0, "catchup": "full", "mode": "pointer",
+                 "slave": "ab", "master_count": 0}
+        await relay.write_bytewise(server_frame("hello", 0, hello, ""),
+                                   *[server_frame("mutation", n, f"m{n}", "master") for n in range(1, 6)])
+        for _ in range(6):
+            await connection.receive()
+        assert connection.resume_params() == {"after": 5, "epoch": 1, "master_count": 5}
+        # The new host's copy ends at seq 3 (count 3): the master re-sends 4 and 5, which we have.
+        await relay.write_bytewise(
+            server_frame("hello", 0, dict(hello, epoch=2, catchup="resume", after=3, master_count=3), ""),
+            server_frame("mutation", 4, "m4", "master"),
+            server_frame("chat", 5, {"text": "new"}, "cd"),  # not the master's: applied
+            server_frame("mutation", 6, "m5", "master"),
+            server_frame("mutation", 7, "m6", "master"),
+        )
+        assert (await connection.receive()).kind == "hello"
+        assert connection.resume_params() == {"after": 3, "epoch": 2, "master_count": 5}  # what it applied
+        chat = await connection.receive()
+        assert (chat.kind, chat.seq) == ("chat", 5)
+        fresh = await connection.receive()
+        assert (fresh.seq, fresh.decode()) == (7, "m6")
+        assert connection.left_out == 2 and connection.master_count == 6
+        assert connection.resume_params() == {"after": 7, "epoch": 2, "master_count": 6}
+        # A resync ends a skip at once: what follows replaces the state.
+        await relay.write_bytewise(
+            server_frame("hello", 0, dict(hello, epoch=3, catchup="resume", after=5, master_count=4), ""),
+            server_frame("resync", 0, {"epoch": 3, "seq": 9, "master_count": 2}, ""),
+            server_frame("snapshot", 9, "page", "master"),
+        )
+        assert [(await connection.receive()).kind for _ in range(3)] == ["hello", "resync", "snapshot"]
+        assert connection.left_out == 2 and connection.master_count == 3
         connection.sock.close()
         relay.sock.close()
