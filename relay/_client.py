@@ -221,6 +221,8 @@ class Client:
         connection = await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
                                                  headers=self._headers(), max_message_bytes=max_message_bytes,
                                                  decode=decode)
+        if resume is not None:
+            connection._continue_from(resume)
         if window is not None:
             connection.window = window
             try:
@@ -507,6 +509,13 @@ class ClientConnection:
             if self._applied_count() is not None:
                 params["master_count"] = self._applied_count()
         return params
+
+    def _continue_from(self, previous: "ClientConnection") -> None:
+        """Take over a previous connection's bookkeeping: this one resumes where it stopped (the
+        next hello compares its counts with it)."""
+        self.role, self.epoch = previous.role, previous.epoch
+        self.last_seq, self.master_count = previous.last_seq, previous.master_count
+        self._skip_through, self.left_out = previous._skip_through, previous.left_out
 
     def _applied_count(self) -> Optional[int]:
         """A slave's count of master messages applied (more than ``master_count`` while re-sends are
