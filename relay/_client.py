@@ -223,6 +223,7 @@ class Client:
                                                  decode=decode)
         if resume is not None:
             connection._continue_from(resume)
+            resume.superseded = True  # its window numbers for this connection from now on
         if window is not None:
             connection.window = window
             try:
@@ -295,6 +296,9 @@ class ClientConnection:
         self.left_out = 0
         self._skip_through: Optional[int] = None
         self._unreturned: deque[Envelope] = deque()  # read by wait_for_hello, not yet by receive
+        #: A newer connection resumed this one (``connect(resume=)``): ``send`` refuses, so that its
+        #: window never numbers a message that no connection would send.
+        self.superseded = False
         #: With ``open(..., decode=False)``: the bytes that came with the handshake response, unparsed.
         self.unread = b""
         if leftover:
@@ -383,7 +387,11 @@ class ClientConnection:
         """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``).
 
         With a ``window`` (and ``seq`` 0) a stream kind gets the master's next number and is kept
-        for re-sending: numbered under the send lock, so numbers go out in order."""
+        for re-sending: numbered under the send lock, so numbers go out in order.  A kept message
+        whose send raises ``ConnectionClosed`` goes again after the reconnect's hello
+        (``connect(..., resume=this)``): do not send it again yourself."""
+        if self.superseded:
+            raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, "superseded by a connection that resumed it")
         async with self._send_lock:
             if self.window is not None and seq == 0:
                 seq = self.window.number(kind, body)
