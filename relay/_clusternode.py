@@ -19,6 +19,8 @@ Facts shared by the nodes live in Redis (relay/_statestore.py); this module deci
   which takes it over by a compare-and-set that raises the epoch (relay/_statestore.py).
 * **Participants** are copied to Redis when they change (joins, admissions, modes), fenced by the
   epoch, batched every ``PUBLISH_INTERVAL_S``; a write that finds a newer epoch ends the session here.
+* **The stream** is copied by relay/_streamcopy.py (``failover_copy``); a takeover continues it
+  from the copy when the copy was written (or taken over) at the epoch it replaces.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from relay._host import SESSION_ID_BYTES
 from relay._logging import log_event
 from relay._netio import Broken, Yielder, close_socket, recv, send_all
 from relay._session import Session
-from relay._statestore import WRITE_LOST, StateStore, StoreUnavailable
+from relay._statestore import REDIS_CALL_TIMEOUT_S, WRITE_LOST, WRITE_RECREATED, StateStore, StoreUnavailable
+from relay._streamcopy import StreamCopier, end_lost, load_stream, stream_meta
 
 __all__ = ["ClusterNode", "ClusterRefused", "Forward", "query_peer"]
 
@@ -56,6 +59,11 @@ PUBLISH_RETRY_S = 0.5  # after a failed write
 SESSION_RECORD_TTL_S = 300.0  # a session's record outlives its host by this, refreshed while hosted
 RECORD_REFRESH_S = 60.0
 PEER_QUERY_TIMEOUT_S = 0.5
+# A peer asked whether it reaches Redis pings it now, this long at most (its own flag may be up to a
+# renewal old: it must not say "ok" for a Redis that stopped answering a moment ago), and answers
+# from that ping for PEER_PING_REUSE_S (every node asks at once when Redis stops).
+PEER_PING_TIMEOUT_S = 0.3
+PEER_PING_REUSE_S = 0.1
 PEER_ANSWER_BYTES = 1024 * 1024
 STORE_RETRY_AFTER_S = 1  # Retry-After of a 503 while Redis is unreachable
 STORE_UNREACHABLE = "the cluster's state store cannot be reached; retry"
@@ -98,7 +106,9 @@ class ClusterNode:
         self._ended: list = []  # (session_id, epoch) to delete from Redis
         self._locks: dict = {}
         self._store: Optional[StateStore] = None
+        self.copier: Optional[StreamCopier] = None
         self.degraded = False  # Redis down for every live peer too: the fence is extended
+        self._pinged: tuple = (-math.inf, False)  # (when, reached): the last ping for a peer's question
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -117,10 +127,15 @@ class ClusterNode:
                 options = dict(host=store_spec.host, port=store_spec.port, db=store_spec.db)
         async with StateStore(self.cluster.name, metrics=self.metrics, **options) as store:
             self._store = store
+            if self.config.failover_copy:
+                self.copier = StreamCopier(store, self.me, self.config, self.metrics, on_lost=end_lost(self.host),
+                                           on_no_record=self._changed, ttl_s=SESSION_RECORD_TTL_S)
             await self._join()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._lease_loop)
                 nursery.start_soon(self._publish_loop)
+                if self.copier is not None:
+                    nursery.start_soon(self.copier.run)
                 task_status.started()
                 try:
                     await trio.sleep_forever()
@@ -178,7 +193,10 @@ class ClusterNode:
             if started > self.fence.valid_until and self.host.sessions:
                 self._stop_hosting("lease lapsed")
             try:
-                result = await self._store.renew_lease(self.me, self.lease(), self.ttl_s)
+                # A renewal may take no longer than the interval: a Redis that stopped answering is
+                # noticed, and the peers asked, well before the lease runs out.
+                timeout_s = min(self.renew_interval_s, REDIS_CALL_TIMEOUT_S)
+                result = await self._store.renew_lease(self.me, self.lease(), self.ttl_s, timeout_s)
                 leases = await self._store.leases(list(self.cluster.nodes))
             except StoreUnavailable as exc:
                 self.metrics.lease_renewals.labels("failed").inc()
@@ -247,10 +265,13 @@ class ClusterNode:
 
     # ------------------------------------------------------------------ participants in Redis
 
-    def adopt(self, session: Session) -> None:
-        """Watch a session hosted here: its participant changes are copied to Redis."""
+    def adopt(self, session: Session, *, loaded: bool = False) -> None:
+        """Watch a session hosted here: its participant changes and its stream are copied to Redis
+        (``loaded``: Redis holds its stream already, it was just taken over from the copy)."""
         session.fence = self.fence
         session.on_change = self._changed
+        if self.copier is not None:
+            self.copier.watch(session, loaded=loaded)
 
     def _changed(self, session: Session) -> None:
         self._dirty.add(session.id)
@@ -259,6 +280,8 @@ class ClusterNode:
     def session_ended(self, session: Session, announce: bool) -> None:
         """A session ended here; if it really ended (not a shutdown or a lost lease), forget it in Redis."""
         self._dirty.discard(session.id)
+        if self.copier is not None:
+            self.copier.forget(session)
         if announce:
             self._ended.append((session.id, session.epoch))
             self._dirty_event.set()
@@ -297,6 +320,8 @@ class ClusterNode:
             return False
         for (session_id, epoch, _record), result in zip(writes, results):
             session = self.host.sessions.get(session_id)
+            if result == WRITE_RECREATED and session is not None and self.copier is not None:
+                self.copier.rewrite(session)  # Redis lost everything: the copy too
             if result == WRITE_LOST and session is not None and session.epoch == epoch:
                 log_event(log, logging.WARNING, "cluster.session_lost", session=session_id, epoch=epoch,
                           detail="another node holds a newer epoch")
@@ -400,17 +425,36 @@ class ClusterNode:
             if claim.host and claim.host != self.me and claim.host in self.live:
                 return self._forward_to(claim.host, forwarded)
             raise self._unavailable("the session is moving; retry")
+        stream = None
         try:
+            if self.copier is not None:
+                stream = await load_stream(self._store, session_id, facts.epoch)
             session = Session.restore(session_id, self.config, facts.record, epoch=claim.epoch,
-                                      now=trio.current_time(), observer=self.host.observer)
+                                      now=trio.current_time(), observer=self.host.observer,
+                                      stream=stream if stream is not None and stream.messages else None)
+            if self.copier is not None:
+                # Say at once which stream this epoch continues, before anyone sees it: a takeover
+                # after us must know whether our slaves saw the copy's stream or an empty one.
+                if session.history:
+                    result = await self._store.append_copies(
+                        self.me, [(session_id, claim.epoch, False, stream_meta(session, session.history[-1]), [])],
+                        SESSION_RECORD_TTL_S)
+                    if result[0] == WRITE_LOST:
+                        raise self._unavailable("the session is moving; retry")
+                else:
+                    await self._store.drop_copy(session_id, self.me, claim.epoch)
+        except StoreUnavailable:
+            raise self._unavailable(STORE_UNREACHABLE) from None
         except ValueError as exc:
             log_event(log, logging.ERROR, "cluster.record_unreadable", session=session_id, detail=str(exc))
             raise HTTPError(404, "unknown-session", "the session's record cannot be read") from None
         self.host.add(session)
-        self.adopt(session)
+        self.adopt(session, loaded=bool(session.history))
         self.metrics.failovers.inc()
+        if session.history:
+            self.metrics.takeovers_from_copy.inc()
         log_event(log, logging.INFO, "cluster.took_over", session=session_id, epoch=claim.epoch,
-                  previous_host=facts.host)
+                  previous_host=facts.host, continued_seq=session.seq if session.history else None)
         return session
 
     def _forward_to(self, node: str, forwarded: bool):
@@ -419,6 +463,21 @@ class ClusterNode:
         return Forward(node, self.cluster.nodes[node].private)
 
     # ------------------------------------------------------------------ the node's view
+
+    async def describe_now(self) -> dict:
+        """``describe()``, with whether Redis answers *now* (a ping, reused for PEER_PING_REUSE_S)."""
+        view = self.describe()
+        when, reached = self._pinged
+        now = trio.current_time()
+        if now - when > PEER_PING_REUSE_S and self._store is not None:
+            try:
+                await self._store.ping(PEER_PING_TIMEOUT_S)
+                reached = True
+            except StoreUnavailable:
+                reached = False
+            self._pinged = (trio.current_time(), reached)
+        view["state_store"] = "ok" if reached and self.store_ok else "unreachable"
+        return view
 
     def describe(self) -> dict:
         return {

@@ -44,6 +44,11 @@ DEFAULT_PING_INTERVAL_S = 20.0  # well below nginx's 60 s proxy_read_timeout
 DEFAULT_IDLE_TIMEOUT_S = 60.0  # no byte from the peer for this long (pongs count) -> close 1001
 DEFAULT_SLAVE_QUEUE_BYTES = 32 * MiB  # must hold a snapshot (<= 10 MB) plus the mutations after it
 DEFAULT_BACKLOG_BYTES = 8 * MiB  # history since the last snapshot before asking the master for a new one
+# The failover copy may lag this much behind a session's stream (Redis slow or away) before it is
+# given up: a master keeps what it sent since the last ack, and relay.Client / client.js keep up to
+# 32 MiB by default, so a copy further behind could not be completed by the master's re-sends.
+DEFAULT_COPY_LAG_BYTES = 32 * MiB
+DEFAULT_COPY_LAG_S = 10.0
 DEFAULT_HISTORY_HARD_LIMIT_BYTES = 64 * MiB  # beyond this the history is cut until the next snapshot
 DEFAULT_MAX_SLAVES_PER_SESSION = 32
 DEFAULT_MAX_SESSIONS = 10_000
@@ -124,6 +129,14 @@ class Config:
     node_name: str = setting(DEFAULT_NODE_NAME, "this node's name: the value of the sticky cookie")
     cluster: Optional[str] = setting(None, "the cluster file (TOML, docs/cluster.md); this node is --node-name in it "
                                            "and listens on that node's public and private addresses")
+    failover_copy: bool = setting(
+        True, "in a cluster, copy each session's stream to Redis so that a takeover continues it (docs/cluster.md)")
+    copy_lag_bytes: int = setting(
+        DEFAULT_COPY_LAG_BYTES, "bytes of a session's stream not yet in its failover copy before the copy is given "
+                                "up (that session then fails over with a snapshot and resyncs)", check="positive")
+    copy_lag_s: float = setting(
+        DEFAULT_COPY_LAG_S, "seconds a stream message may wait for the failover copy before the copy is given up",
+        check="positive")
 
     # The sticky routing cookie (SPEC 3).
     cookie_name: str = setting(DEFAULT_COOKIE_NAME, "name of the sticky routing cookie")

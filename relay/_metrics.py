@@ -12,7 +12,7 @@ import collections
 from typing import Callable
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -30,6 +30,8 @@ SESSION_STATS = {
     "refusals_dropped": "Error answers to refused envelopes dropped because the sender's queue was full",
     "flood_closed": "Clients closed (1008, or 429 on long-poll) for sending too many refused envelopes",
     "reconnects_refused": "Connections refused (429) because their participant reconnected too often",
+    "repeats_dropped": "Master messages dropped because the relay held their number already (re-sends)",
+    "number_gaps": "Master messages whose number skipped some (those between were lost)",
 }
 
 
@@ -54,6 +56,19 @@ class Metrics:
                                         "reached (answered 503)", registry=registry)
         self.failovers = Counter("relay_takeovers", "Sessions taken over from a node that left the cluster",
                                  registry=registry)
+        self.takeovers_from_copy = Counter("relay_takeovers_from_copy", "Takeovers that continued the stream "
+                                           "from the failover copy (the others started an empty stream)",
+                                           registry=registry)
+        self.copy_writes = Counter("relay_copy_writes", "Batches of a session stream written to the failover copy",
+                                   registry=registry)
+        self.copy_bytes = Counter("relay_copy_bytes", "Bytes of session streams written to the failover copy",
+                                  registry=registry)
+        self.copy_fallbacks = Counter("relay_copy_fallbacks", "Failover copies given up because they lagged past "
+                                      "their bound (by reason: bytes, time, history-cut); such a session fails over "
+                                      "with a snapshot and resyncs", ["reason"], registry=registry)
+        self.copy_lag = Histogram("relay_copy_lag_seconds", "How long a stream message waited before the failover "
+                                  "copy held it (per batch, its oldest message)",
+                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=registry)
         self.lease_renewals = Counter("relay_lease_renewals", "Lease renewals, by result (ok, failed, lost)",
                                       ["result"], registry=registry)
         self.redis_calls = Counter("relay_redis_calls", "Round trips to the state store, by operation",
