@@ -46,7 +46,7 @@ from relay._host import SESSION_ID_BYTES
 from relay._logging import log_event
 from relay._netio import Broken, Yielder, close_socket, recv, send_all
 from relay._session import Session
-from relay._statestore import REDIS_CALL_TIMEOUT_S, WRITE_LOST, WRITE_RECREATED, StateStore, StoreUnavailable
+from relay._statestore import REDIS_CALL_TIMEOUT_S, Claim, WRITE_LOST, WRITE_RECREATED, StateStore, StoreUnavailable
 from relay._streamcopy import StreamCopier, end_lost, load_stream, stream_meta
 
 __all__ = ["ClusterNode", "ClusterRefused", "Forward", "query_peer"]
@@ -65,6 +65,7 @@ PEER_QUERY_TIMEOUT_S = 0.5
 PEER_PING_TIMEOUT_S = 0.3
 PEER_PING_REUSE_S = 0.1
 PEER_ANSWER_BYTES = 1024 * 1024
+MAX_PENDING_CLAIMS = 10_000  # takeovers claimed whose copy is still to be loaded (ClusterNode._claimed)
 STORE_RETRY_AFTER_S = 1  # Retry-After of a 503 while Redis is unreachable
 STORE_UNREACHABLE = "the cluster's state store cannot be reached; retry"
 SESSION_ID_CHARS = len(base64.urlsafe_b64encode(bytes(SESSION_ID_BYTES)).rstrip(b"="))
@@ -105,6 +106,10 @@ class ClusterNode:
         self._dirty_event = trio.Event()
         self._ended: list = []  # (session_id, epoch) to delete from Redis
         self._locks: dict = {}
+        # session id -> (epoch we claimed, the epoch it replaced): a takeover whose claim went in but
+        # whose copy could not be loaded yet; the next request finishes it (bounded: one per session
+        # this node claimed, and dropped when the session is hosted).
+        self._claimed: dict = {}
         self._store: Optional[StateStore] = None
         self.copier: Optional[StreamCopier] = None
         self.degraded = False  # Redis down for every live peer too: the fence is extended
@@ -417,18 +422,28 @@ class ClusterNode:
                 or now > self.fence.valid_until):
             # A host cut off with us has not had a whole TTL to renew its lease yet.
             raise self._unavailable("the cluster is recovering its state store; retry")
-        try:
-            claim = await self._store.take_over(session_id, facts.epoch, self.me)
-        except StoreUnavailable:
-            raise self._unavailable(STORE_UNREACHABLE) from None
-        if not claim.taken:
-            if claim.host and claim.host != self.me and claim.host in self.live:
-                return self._forward_to(claim.host, forwarded)
-            raise self._unavailable("the session is moving; retry")
+        claimed = self._claimed.get(session_id)
+        if claimed is not None and claimed[0] == facts.epoch and trio.current_time() - claimed[2] < SESSION_RECORD_TTL_S:
+            # We won this epoch a moment ago but could not load the copy then (Redis too busy): go on
+            # with that claim, not a new one (another epoch would make the copy look foreign).
+            claim, previous_epoch = Claim(True, facts.epoch), claimed[1]
+        else:
+            try:
+                claim = await self._store.take_over(session_id, facts.epoch, self.me)
+            except StoreUnavailable:
+                raise self._unavailable(STORE_UNREACHABLE) from None
+            if not claim.taken:
+                if claim.host and claim.host != self.me and claim.host in self.live:
+                    return self._forward_to(claim.host, forwarded)
+                raise self._unavailable("the session is moving; retry")
+            previous_epoch = facts.epoch
+            if len(self._claimed) >= MAX_PENDING_CLAIMS:
+                self._claimed.pop(next(iter(self._claimed)))  # the oldest: its clients gave up long ago
+            self._claimed[session_id] = (claim.epoch, previous_epoch, trio.current_time())
         stream = None
         try:
             if self.copier is not None:
-                stream = await load_stream(self._store, session_id, facts.epoch)
+                stream = await load_stream(self._store, session_id, previous_epoch)
             session = Session.restore(session_id, self.config, facts.record, epoch=claim.epoch,
                                       now=trio.current_time(), observer=self.host.observer,
                                       stream=stream if stream is not None and stream.messages else None)
@@ -448,6 +463,7 @@ class ClusterNode:
         except ValueError as exc:
             log_event(log, logging.ERROR, "cluster.record_unreadable", session=session_id, detail=str(exc))
             raise HTTPError(404, "unknown-session", "the session's record cannot be read") from None
+        self._claimed.pop(session_id, None)
         self.host.add(session)
         self.adopt(session, loaded=bool(session.history))
         self.metrics.failovers.inc()

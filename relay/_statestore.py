@@ -44,7 +44,7 @@ REDIS_CALL_TIMEOUT_S = 1.0  # one round trip (or one pipeline); past it Redis co
 REDIS_CONNECT_TIMEOUT_S = 0.5
 # Connections one node opens to Redis at most (coredis multiplexes calls over them): a flood of
 # requests must queue here (and time out as StoreUnavailable), never open thousands of connections
-# and take Redis's maxclients from the other nodes.
+# and take Redis's maxclients from the other nodes.  (The lease has one more of its own.)
 REDIS_MAX_CONNECTIONS = 8
 
 # Results of a fenced write (FENCED_WRITE below).
@@ -206,13 +206,18 @@ class StateStore:
         options = dict(connect_timeout=REDIS_CONNECT_TIMEOUT_S, stream_timeout=REDIS_CALL_TIMEOUT_S,
                        retry_policy=coredis.retry.NoRetryPolicy(), max_connections=REDIS_MAX_CONNECTIONS,
                        pool_timeout=REDIS_CALL_TIMEOUT_S)
+        # The lease has a connection of its own: a flood of requests (a reconnect storm after a
+        # failover, each asking where its session lives) must never starve the renewals, or the
+        # node would lose its lease, and its sessions, because it is busy.
         if sentinels:
             timeouts = dict(connect_timeout=REDIS_CONNECT_TIMEOUT_S, stream_timeout=REDIS_CALL_TIMEOUT_S)
             self._sentinel = coredis.Sentinel(list(sentinels), sentinel_kwargs=timeouts, **timeouts)
             self._client = self._sentinel.primary_for(service, db=db, max_connections=REDIS_MAX_CONNECTIONS)
+            self._lease_client = self._sentinel.primary_for(service, db=db, max_connections=1)
         else:
             self._sentinel = None
             self._client = coredis.Redis(host, port, db, **options)
+            self._lease_client = coredis.Redis(host, port, db, **dict(options, max_connections=1))
         self._scripts = {}
         self._stack: Optional[contextlib.AsyncExitStack] = None
 
@@ -224,6 +229,7 @@ class StateStore:
                 for sentinel in self._sentinel.sentinels:
                     await self._stack.enter_async_context(sentinel)
             await self._stack.enter_async_context(self._client)
+            await self._stack.enter_async_context(self._lease_client)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -231,6 +237,7 @@ class StateStore:
                              ("fenced_write", FENCED_WRITE), ("end", END_SESSION), ("copy_append", COPY_APPEND),
                              ("drop_copy", DROP_COPY)):
             self._scripts[name] = self._client.register_script(source)
+        self._scripts["lease_renew"] = self._lease_client.register_script(RENEW_LEASE)
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -266,12 +273,12 @@ class StateStore:
             raise StoreUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
 
     async def ping(self, timeout_s: float = REDIS_CALL_TIMEOUT_S) -> None:
-        await self._call("ping", self._client.ping, timeout_s)
+        await self._call("ping", self._lease_client.ping, timeout_s)
 
     async def renew_lease(self, node: str, lease: dict, ttl_s: float, timeout_s: float = REDIS_CALL_TIMEOUT_S) -> int:
         """1 renewed, 2 taken again after it lapsed, 0 held by another process with this name."""
         value = json.dumps(lease, separators=(",", ":"))
-        return int(await self._call("renew_lease", lambda: self._scripts["renew_lease"](
+        return int(await self._call("renew_lease", lambda: self._scripts["lease_renew"](
             keys=[self.lease_key(node)], args=[value, int(ttl_s * 1000), lease["instance"]]), timeout_s))
 
     async def drop_lease(self, node: str, instance: str) -> None:
@@ -286,7 +293,7 @@ class StateStore:
 
     async def leases(self, nodes: list) -> dict:
         """{node: lease dict} of the nodes that hold a lease now."""
-        values = await self._call("leases", lambda: self._client.mget([self.lease_key(n) for n in nodes]))
+        values = await self._call("leases", lambda: self._lease_client.mget([self.lease_key(n) for n in nodes]))
         found = {}
         for node, value in zip(nodes, values):
             if value is not None:
