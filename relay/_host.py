@@ -129,6 +129,8 @@ class SessionHost:
                 for record in session.refuse_unadmitted(now, config.admit_timeout_s):
                     log_event(log, logging.INFO, "slave.not_admitted", session=session.id, slave=record.slave_id)
                 session.release_idle_slaves(now, config.slave_grace_s)
+                if session.copy is None:
+                    session.ack_held()  # no failover copy: what this node took is all there is to keep
 
 
 async def _await_hook(awaitable) -> None:

@@ -261,6 +261,7 @@ class Session:
         self.on_stream: Optional[Callable] = None
         self.copy_dirty = False
         self.copy = None  # the copier's cursor
+        self.acked_held = 0  # the master's number in the last ack_held
         self.snapshot_requested = False
         self.created_at = now
         self.last_activity = now
@@ -761,6 +762,14 @@ class Session:
         for item in self._catch_up(None, None).messages:
             peer.push(item)
         peer.resync_pending = True
+
+    def ack_held(self) -> None:
+        """Without a failover copy (one node, or ``failover_copy = false``), ack what the session
+        holds, at most once per sweep and only when it grew: a master's re-send window then keeps no
+        more than a sweep's worth of messages (a reconnect to this node needs nothing older)."""
+        if self.master is not None and self.held > self.acked_held:
+            self.acked_held = self.held
+            self.master.push_within_bound(self.ack(self.seq, self.held))
 
     def ack(self, seq: int, held: int) -> Outgoing:
         """The master's ``ack`` (docs/protocol.md 4b): the failover copy holds the stream up to ``seq``

@@ -233,3 +233,24 @@ async def test_client_js_master_broken_mid_stream_loses_nothing_and_repeats_noth
     if transport == "websocket":
         assert len(out["hellos"]) == 2
     assert out["seen"] == ["page"] + list(range(1, 61))
+
+
+async def test_a_single_node_acks_what_it_holds_so_the_window_empties():
+    """No failover copy on one node: the node acks what it took (once per sweep), so a master's
+    window holds about a second of messages, not its whole bound."""
+    with trio.fail_after(TIMEOUT_S):
+        async with running_relay() as (_server, _listening, client):
+            created, _ = await new_session(client, slaves=0)
+            window = ResendWindow()
+            master = await client.connect(created["session"], created["master_token"], window=window)
+            await master.send("snapshot", pack("page"))
+            for index in range(1, 20):
+                await master.send("mutation", mutation(index))
+            assert len(window.kept) == 20
+            while True:
+                envelope = await master.receive()
+                if envelope.kind == "ack":
+                    break
+            assert envelope.decode()["held"] == 20
+            assert len(window.kept) == 0
+            await master.close()
