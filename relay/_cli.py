@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, metavar="BYTES",
                       help=f"largest message (default: {DEFAULT_MAX_MESSAGE_BYTES} = "
                            f"{size_note('max_message_bytes', DEFAULT_MAX_MESSAGE_BYTES)})")
+    echo.add_argument("--tls-cert-file", metavar="FILE", help="PEM certificate chain: speak WSS only (with --tls-key-file)")
+    echo.add_argument("--tls-key-file", metavar="FILE", help="PEM private key of --tls-cert-file")
 
     tokens = commands.add_parser("tokens", help="print evenly spaced initial tokens, one per line",
                                  description="DataStax's formulas for a single data center.")
@@ -173,7 +175,8 @@ async def _serve_until_signalled(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(lambda task_status: serve(config, shutdown=shutdown, task_status=task_status))
             print(f"relay {__version__} ({implementation()}): node {config.node_name} on "
-                  f"http://{listening.public_host}:{listening.public_port}/cobrowse/master.html "
+                  f"{'https' if config.tls_cert_file else 'http'}://{listening.public_host}:{listening.public_port}"
+                  f"/cobrowse/master.html "
                   f"(private {listening.private_host}:{listening.private_port})", flush=True)
             async for signum in signals:
                 log_event(logging.getLogger("relay"), logging.INFO, "node.signal", signal=signal.Signals(signum).name,
@@ -195,13 +198,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_echo(args: argparse.Namespace) -> None:
     """``relay echo``: the WebSocket echo server until Ctrl-C."""
     from relay._server import serve_echo
+    from relay._tls import TLSSettings
+
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise ConfigError("--tls-cert-file and --tls-key-file go together")
+    tls = TLSSettings(args.tls_cert_file, args.tls_key_file) if args.tls_cert_file else None
 
     async def run_echo():
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(
-                lambda task_status: serve_echo(args.listen, max_message_bytes=args.max_message_bytes,
+                lambda task_status: serve_echo(args.listen, max_message_bytes=args.max_message_bytes, tls=tls,
                                                task_status=task_status))
-            print(f"relay echo server on ws://{host}:{port}/ ({implementation()})", flush=True)
+            print(f"relay echo server on {'wss' if tls else 'ws'}://{host}:{port}/ ({implementation()})", flush=True)
 
     try:
         trio.run(run_echo)
