@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     nginx = commands.add_parser(
         "nginx-config", help="print an nginx configuration that balances a cluster",
-        description="Prints a complete nginx.conf for the cluster file, like the seed's Sample 2: one upstream "
+        description="Prints a complete nginx.conf for the cluster file, like the seed's Sample 2 (or its Sample 1 "
+                    "with --upstream-tls: HTTPS to the nodes too): one upstream "
                     "per node (the others as backups), the gcbSessionServer cookie map, WebSocket upgrade, "
                     "Host and X-Forwarded-* for relay's origin check, buffers and timeouts for relay's "
                     "limits, fallback on 502/504 and rate limits on creates and joins. Run it with "
@@ -148,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="nginx's server_name (default: _, any name)")
     nginx.add_argument("--tls-cert", metavar="FILE", help="a certificate: add an HTTPS listener (TLS ends at nginx)")
     nginx.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    nginx.add_argument("--upstream-tls", action="store_true",
+                       help="reach the nodes over HTTPS, like the seed's Sample 1 (their public listeners have "
+                            "tls_cert_file)")
+    nginx.add_argument("--upstream-ca", metavar="FILE",
+                       help="with --upstream-tls: verify the nodes' certificates against this CA")
+    nginx.add_argument("--upstream-tls-name", metavar="NAME",
+                       help="with --upstream-ca: the name every node's certificate carries (checked, and sent as SNI)")
     nginx.add_argument("--no-rate-limits", action="store_true",
                        help="leave out the per-client limits on session creates and joins (load tests from one address)")
     nginx.add_argument("--tls-listen", default=str(DEFAULT_NGINX_TLS_LISTEN), metavar="PORT",
@@ -278,7 +286,8 @@ def cmd_nginx_config(args: argparse.Namespace) -> None:
                        tls_listen=args.tls_listen, runtime_dir=args.runtime_dir,
                        ping_interval_s=node.ping_interval_s, poll_wait_s=node.poll_wait_s,
                        poll_body_bytes=node.poll_body_bytes, max_message_bytes=node.max_message_bytes,
-                       rate_limits=not args.no_rate_limits), end="")
+                       rate_limits=not args.no_rate_limits, upstream_tls=args.upstream_tls,
+                       upstream_ca=args.upstream_ca, upstream_tls_name=args.upstream_tls_name), end="")
 
 
 # A command returns None (success) or its exit status.
