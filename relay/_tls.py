@@ -40,6 +40,7 @@ MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 # enough that a slow reader holds at most this much ciphertext in the stream.
 ENCRYPT_CHUNK_BYTES = 256 * 1024
 CIPHERTEXT_RECV_BYTES = 256 * 1024
+TLS_RECORD_BYTES = 16 * 1024  # the most plaintext one TLS record carries (RFC 8446 5.1)
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
 HTTP_METHOD_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PRI ")
 PLAINTEXT_ANSWER_BODY = b'{"error":"tls-required","message":"this port speaks HTTPS only: use https:// or wss://"}'
@@ -233,6 +234,10 @@ class TLSStream:
         tls = self._tls
         budget = ENCRYPT_CHUNK_BYTES
         taken = 0
+        # Each SSLObject.write makes at least one record (its own header and tag, its own cipher call):
+        # small pieces (a frame's head, a small body, the sender's tail, the next frame...) are staged
+        # into full records; a large body goes in as a view, OpenSSL cutting it into records.
+        staged = bytearray()
         for buffer in buffers:
             length = len(buffer)
             if not length:
@@ -240,11 +245,26 @@ class TLSStream:
             if length > budget:
                 buffer = memoryview(buffer)[:budget]
                 length = budget
-            tls.write(buffer)  # (an SSLError is an OSError: the caller's "connection gone")
             taken += length
             budget -= length
+            if len(staged) + length <= TLS_RECORD_BYTES:
+                staged += buffer
+            else:
+                view = memoryview(buffer)
+                if staged:
+                    fill = TLS_RECORD_BYTES - len(staged)
+                    staged += view[:fill]
+                    tls.write(staged)  # (an SSLError is an OSError: the caller's "connection gone")
+                    staged = bytearray()
+                    view = view[fill:]
+                whole = len(view) - len(view) % TLS_RECORD_BYTES
+                if whole:
+                    tls.write(view[:whole])
+                staged += view[whole:]
             if not budget:
                 break
+        if staged:
+            tls.write(staged)
         if self._push():
             return taken
         self._encrypted = taken

@@ -207,3 +207,33 @@ async def test_the_end_of_the_stream_reads_as_zero(pki):
 
 def test_encrypt_chunk_is_bounded():
     assert 16 * 1024 <= _tls.ENCRYPT_CHUNK_BYTES <= 1024 * 1024
+
+
+def _records(data: bytes) -> int:
+    """How many TLS records ``data`` holds (5-byte headers: type, version, length)."""
+    count = offset = 0
+    while offset < len(data):
+        offset += 5 + int.from_bytes(data[offset + 3:offset + 5], "big")
+        count += 1
+    assert offset == len(data)
+    return count
+
+
+async def test_small_pieces_share_records_and_a_large_body_fills_them(pki):
+    """A frame's head, body and tail are one record, not three; 100 kB between them are the fewest
+    full records (each record costs its header, its tag and a cipher call)."""
+    with trio.fail_after(TIMEOUT_S):
+        server, client = await _handshake(pki)
+        await send_all(server, b"ping", Yielder())
+        assert await recv(client, 100, Yielder()) == b"ping"  # (TLS 1.3's session tickets are read by now)
+        raw = client.sock
+        for pieces, records in (([b"h" * 10, b"b" * 1000, b"t" * 5], 1),
+                                ([b"h" * 10, memoryview(b"b" * 100_000), b"t" * 5], -(-100_015 // 16_384))):
+            assert server.sendmsg(pieces) == sum(len(piece) for piece in pieces)
+            data = b""
+            while True:
+                try:
+                    data += raw.recv(1 << 20)
+                except BlockingIOError:
+                    break
+            assert _records(data) == records
