@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
     describe.add_argument("--timeout", type=float, default=DEFAULT_DESCRIBE_TIMEOUT_S, metavar="SECONDS",
                           help=f"per node, for the whole answer (default: {DEFAULT_DESCRIBE_TIMEOUT_S:g})")
+    describe.add_argument("--config", metavar="FILE",
+                          help="a node's relay TOML file: with its private_tls_* settings the nodes are asked over "
+                               "TLS, presenting that certificate (docs/tls.md)")
 
     nginx = commands.add_parser(
         "nginx-config", help="print an nginx configuration that balances a cluster",
@@ -270,7 +273,12 @@ def cmd_describe_cluster(args: argparse.Namespace) -> int:
 
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout:g}")
-    text, healthy = describe_cluster(load_cluster(args.cluster), timeout_s=args.timeout)
+    tls = None
+    if args.config:
+        from relay._tls import node_tls
+
+        tls = node_tls(Config.from_toml(args.config, base=Config.cli_defaults())).peers
+    text, healthy = describe_cluster(load_cluster(args.cluster), timeout_s=args.timeout, tls=tls)
     print(text, end="", flush=True)
     return 0 if healthy else 1
 

@@ -199,5 +199,15 @@ async def test_a_cluster_forwards_between_nodes_over_mutual_tls(start_cluster, p
             if envelope.kind == "snapshot":
                 break
         assert envelope.decode() == body
+    # relay describe-cluster asks the private listeners over TLS with a node's settings file, not without.
+    settings = nodes.folder / "node.toml"
+    settings.write_text(f'private_tls_cert_file = "{node.cert}"\nprivate_tls_key_file = "{node.key}"\n'
+                        f'private_tls_ca_file = "{pki["ca"].cert}"\n')
+    describe = [sys.executable, "-m", "relay", "describe-cluster", "--cluster", str(nodes.file)]
+    agreed = subprocess.run(describe + ["--config", str(settings)], capture_output=True, text=True, timeout=30)
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert sum("  UP  " in line and "DISAGREES" not in line for line in agreed.stdout.splitlines()) == 3, agreed.stdout
+    plaintext = subprocess.run(describe, capture_output=True, text=True, timeout=30)
+    assert plaintext.returncode == 1 and plaintext.stdout.count("  DOWN  ") == 3, plaintext.stdout
     for name in (b, c):
         assert "internal.error" not in nodes.log(name).read_text()
