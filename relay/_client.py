@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from typing import Any, Iterable, NamedTuple, Optional
 from urllib.parse import urlencode
 
@@ -107,7 +108,7 @@ class Client:
     """The HTTP API of one relay node.  ``origin`` is sent as the Origin header when given."""
 
     def __init__(self, host: str, port: int, *, origin: Optional[str] = None, cookie: Optional[str] = None,
-                 tls=None) -> None:
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.tls = tls  # an ssl.SSLContext: speak HTTPS and WSS (it verifies the relay's certificate)
         self.host = host
         self.port = port
@@ -237,7 +238,7 @@ class ClientConnection:
     @classmethod
     async def open(cls, host: str, port: int, target: str, *, headers: Iterable[tuple[str, str]] = (),
                    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decode: bool = True,
-                   tls=None) -> "ClientConnection":
+                   tls: Optional[ssl.SSLContext] = None) -> "ClientConnection":
         """Open a WebSocket on ``target`` (a path and query) with the extra request ``headers``.
 
         ``decode=False`` is for a caller that parses the server's frames itself from ``sock`` (a load
