@@ -286,8 +286,8 @@ class TLSStream:
     # -- the handshake
 
     async def do_handshake(self, *, detect_plaintext: bool = False) -> None:
-        """Run the handshake to its end (the caller bounds it in time).  SSLError when it fails
-        (our alert has been sent when the kernel took it); PlaintextOnTLSPort for an HTTP request."""
+        """Run the handshake to its end (the caller bounds it in time).  SSLError when it fails (then
+        ``send_alert`` tells the peer why); PlaintextOnTLSPort for an HTTP request."""
         first = detect_plaintext
         while True:
             try:
@@ -295,12 +295,6 @@ class TLSStream:
                 break
             except ssl.SSLWantReadError:
                 pass
-            except ssl.SSLError:
-                try:
-                    self._push()  # our alert tells the peer why
-                except OSError:
-                    pass
-                raise
             await self._push_all()
             if not await self._receive_waiting():
                 raise Broken("closed during the TLS handshake")
@@ -309,6 +303,13 @@ class TLSStream:
                 if _looks_like_http(self._incoming):
                     raise PlaintextOnTLSPort()
         await self._push_all()  # our last flight (TLS 1.3 session tickets after the server's Finished)
+
+    def send_alert(self) -> None:
+        """What OpenSSL wrote after a failed handshake (its alert), without blocking, best effort."""
+        try:
+            self._push()
+        except OSError:
+            pass
 
     # -- ciphertext in and out
 
@@ -415,6 +416,7 @@ async def accept_tls(sock: socket.socket, context: ssl.SSLContext, *, timeout_s:
         return None
     except ssl.SSLError as exc:
         _tls_log.warn("tls.handshake_failed", listener=listener, peer=peer, reason=_reason(exc))
+        stream.send_alert()  # (after the log line: a client that reads the alert may look at the log at once)
         return None
     except (Broken, OSError):  # gone before the end of its handshake
         return None
@@ -429,6 +431,9 @@ async def connect_tls(sock: socket.socket, context: ssl.SSLContext, server_hostn
     try:
         with trio.fail_after(timeout_s):
             await stream.do_handshake()
+    except ssl.SSLError:
+        stream.send_alert()
+        raise
     except trio.TooSlowError:
         raise TimeoutError(f"TLS handshake with {server_hostname} timed out") from None
     except Broken as exc:

@@ -25,6 +25,14 @@ TIMEOUT_S = 30
 SIZES = (1024, 64 * 1024, 1024 * 1024)
 
 
+@pytest.fixture(autouse=True)
+def fresh_tls_log_budget():
+    """The refusal lines are rationed per second (relay._tls.TLS_LOG_LINES_PER_S): each test starts afresh."""
+    from relay import _tls
+
+    _tls._tls_log = _tls._Throttled()
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pki")

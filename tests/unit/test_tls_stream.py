@@ -19,6 +19,14 @@ from tls_certs import TestCA
 TIMEOUT_S = 20
 
 
+@pytest.fixture(autouse=True)
+def fresh_tls_log_budget():
+    """The refusal lines are rationed per second (relay._tls.TLS_LOG_LINES_PER_S): each test starts afresh."""
+    from relay import _tls
+
+    _tls._tls_log = _tls._Throttled()
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pki")
@@ -237,3 +245,14 @@ async def test_small_pieces_share_records_and_a_large_body_fills_them(pki):
                 except BlockingIOError:
                     break
             assert _records(data) == records
+
+
+def test_refusal_lines_are_rationed_and_the_held_back_ones_counted(caplog):
+    throttle = _tls._Throttled()
+    with caplog.at_level(logging.WARNING, logger="relay.tls"):
+        for _ in range(_tls.TLS_LOG_LINES_PER_S + 3):
+            throttle.warn("tls.handshake_failed", reason="x")
+        assert len(_events(caplog, "tls.handshake_failed")) == _tls.TLS_LOG_LINES_PER_S
+        throttle._windows["tls.handshake_failed"][0] -= 1.0  # a second later
+        throttle.warn("tls.handshake_failed", reason="y")
+    assert _events(caplog, "tls.handshake_failed")[-1]["suppressed"] == 3
