@@ -48,7 +48,7 @@ from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
 from relay._routes import FORWARDED, PREFLIGHT, PRIVATE, PUBLIC, Request, RouteTable, Upgrade, parse_target, relay_routes
 from relay._session import Session
-from relay._tls import NodeTLS, TLSSettings, accept_tls, node_tls, server_context
+from relay._tls import NodeTLS, TLSSettings, accept_tls, load_context, node_tls, server_context
 from relay._websocket import EchoHandler, WebSocketConnection
 from relay._wsattach import WebSocketAttach
 
@@ -329,7 +329,7 @@ async def serve_echo(listen: str = DEFAULT_ECHO_LISTEN, *, max_message_bytes: in
     ``await nursery.start(serve_echo, "127.0.0.1:0")`` returns the bound ``(host, port)``; the limits
     default to Config's.  With ``tls`` it speaks WSS only.
     """
-    context = server_context(tls) if tls is not None else None
+    context = load_context(server_context, tls, "--tls-cert-file/--tls-key-file") if tls is not None else None
     listener = listen_socket(listen, "listen")
     host, port = listener.getsockname()[:2]
 

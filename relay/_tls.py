@@ -29,7 +29,7 @@ import trio
 from relay._logging import limit_log, log_event
 from relay._netio import Broken
 
-__all__ = ["TLSStream", "TLSSettings", "NodeTLS", "node_tls", "server_context", "client_context", "accept_tls", "connect_tls",
+__all__ = ["TLSStream", "TLSSettings", "NodeTLS", "node_tls", "load_context", "server_context", "client_context", "accept_tls", "connect_tls",
            "PlaintextOnTLSPort", "ALPN_PROTOCOLS", "ENCRYPT_CHUNK_BYTES"]
 
 log = logging.getLogger("relay.tls")
@@ -131,19 +131,22 @@ class NodeTLS:
     peers: Optional[ssl.SSLContext] = None
 
 
-def node_tls(config) -> NodeTLS:
-    """The contexts of ``config``'s TLS settings; ConfigError naming the setting whose file cannot be
+def load_context(make, settings: TLSSettings, names: str) -> ssl.SSLContext:
+    """``make(settings)``, or ConfigError naming the settings (``names``) and the files that cannot be
     used (missing, not PEM, a key that does not match its certificate)."""
     from relay._config import ConfigError
 
-    def load(make, settings: TLSSettings, names: str):
-        try:
-            return make(settings)
-        except (OSError, ssl.SSLError) as exc:
-            detail = getattr(exc, "reason", None) or exc.strerror or str(exc)
-            files = ", ".join(f for f in (settings.cert_file, settings.key_file, settings.client_ca_file) if f)
-            raise ConfigError(f"{names}: cannot use {files}: {detail}") from None
+    try:
+        return make(settings)
+    except (OSError, ssl.SSLError) as exc:
+        detail = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        files = ", ".join(f for f in (settings.cert_file, settings.key_file, settings.client_ca_file) if f)
+        raise ConfigError(f"{names}: cannot use {files}: {detail}") from None
 
+
+def node_tls(config) -> NodeTLS:
+    """The contexts of ``config``'s TLS settings (ConfigError as ``load_context`` says)."""
+    load = load_context
     public = private = peers = None
     if config.tls_cert_file:
         public = load(server_context, TLSSettings(config.tls_cert_file, config.tls_key_file),
