@@ -228,7 +228,8 @@ class TLSStream:
 
     def sendmsg(self, buffers) -> int:
         """Encrypt from the front of ``buffers`` and send; the count of plaintext bytes sent."""
-        if self._pending or self._outgoing.pending:
+        if self._encrypted or self._pending or self._outgoing.pending:
+            # (_encrypted: a reader's _push may have sent the rest of our ciphertext meanwhile)
             if not self._push():
                 raise BlockingIOError
             sent, self._encrypted = self._encrypted, 0

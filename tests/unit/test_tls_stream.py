@@ -256,3 +256,25 @@ def test_refusal_lines_are_rationed_and_the_held_back_ones_counted(caplog):
         throttle._windows["tls.handshake_failed"][0] -= 1.0  # a second later
         throttle.warn("tls.handshake_failed", reason="y")
     assert _events(caplog, "tls.handshake_failed")[-1]["suppressed"] == 3
+
+
+async def test_ciphertext_flushed_by_a_read_is_not_encrypted_twice(pki):
+    """The reader's side of the stream may send held ciphertext (after a read made protocol records):
+    the writer's next call must still report its bytes sent, not encrypt them again."""
+    with trio.fail_after(TIMEOUT_S):
+        server, client = await _handshake(pki, sndbuf=8 * 1024)
+        message = [b"y" * 150_000]
+        with pytest.raises(BlockingIOError):
+            server.sendmsg(message)
+        received = bytearray()
+        buffer = bytearray(1 << 20)
+        while not server._push():  # what recv_into does after a read that produced records
+            try:
+                received += buffer[:client.recv_into(buffer)]
+            except BlockingIOError:
+                await trio.sleep(0.001)
+        assert server.sendmsg(message) == 150_000  # reported now, not encrypted a second time
+        await send_all(server, b"end", Yielder())
+        while not received.endswith(b"end"):
+            received += buffer[:await recv_into(client, buffer, Yielder())]
+    assert bytes(received) == b"y" * 150_000 + b"end"
