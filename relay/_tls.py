@@ -202,20 +202,26 @@ class TLSStream:
         view = memoryview(buffer)
         size = nbytes or len(view)
         tls = self._tls
+        incoming = self._incoming
         total = 0
         while total < size:
-            try:
-                total += tls.read(size - total, view[total:] if total else view)
-            except ssl.SSLWantReadError:
+            if not incoming.pending and not tls.pending():
+                # Nothing to decrypt without more ciphertext (a partial record OpenSSL has already
+                # taken in stays inside it): read the socket now rather than after an SSLWantReadError,
+                # an exception that costs more than a small message's whole path.
                 if total:
                     break  # what is decrypted goes up now; the socket is read on the next call
                 if not self._receive_ciphertext():
                     return 0
+            try:
+                total += tls.read(size - total, view[total:] if total else view)
+            except ssl.SSLWantReadError:  # the rest of a record is still on its way
+                if total:
+                    break
+                if not self._receive_ciphertext():
+                    return 0
             except ssl.SSLZeroReturnError:  # the peer's close_notify
                 break
-            else:
-                if not tls.pending() and not self._incoming.pending:
-                    break
         if self._outgoing.pending:  # the read made protocol records (a key update's answer)
             self._push()
         return total
