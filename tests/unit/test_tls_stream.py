@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relay import _tls
 from relay._netio import Yielder, recv, recv_into, send_all, send_buffers
@@ -280,3 +282,32 @@ async def test_ciphertext_flushed_by_a_read_is_not_encrypted_twice(pki):
         while not received.endswith(b"end"):
             received += buffer[:await recv_into(client, buffer, Yielder())]
     assert bytes(received) == b"y" * 150_000 + b"end"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(min_value=0, max_value=300_000), min_size=1, max_size=12),
+       reads=st.integers(min_value=1, max_value=70_000), sndbuf=st.sampled_from([4096, 16384, 262144]))
+def test_any_split_of_sends_and_reads_delivers_the_same_bytes(pki, sizes, reads, sndbuf):
+    """Random buffer lists through send_buffers (partial sends, BlockingIOError, staging into records),
+    read back in random-sized reads: the same bytes, in order, once."""
+    async def run():
+        with trio.fail_after(TIMEOUT_S):
+            server, client = await _handshake(pki, sndbuf=sndbuf)
+            parts = [bytes([(n * 7 + 1) % 256]) * size for n, size in enumerate(sizes)]
+            expected = b"".join(parts)
+            got = bytearray()
+
+            async def reader():
+                buffer = bytearray(reads)
+                while len(got) < len(expected):
+                    count = await recv_into(client, buffer, Yielder())
+                    assert count
+                    got.extend(buffer[:count])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await send_buffers(server, [memoryview(part) if n % 2 else part for n, part in enumerate(parts)],
+                                   Yielder())
+            assert bytes(got) == expected
+
+    trio.run(run)
