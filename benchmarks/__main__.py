@@ -32,6 +32,9 @@ SUITES = {
     "ring": ("benchmarks.ring",
              "token ring lookups (owner, replicas, successors) vs cassandra-driver's TokenMap, the token "
              "allocator's balance and churn vs seeded random placement (~5 s; --quick ~2 s)"),
+    "tls": ("benchmarks.tls",
+            "fan-out 1 -> 4 over TLS (WSS) at 1 KiB, 64 KiB and 1 MiB: relay against picows over TLS and "
+            "against relay's own plaintext; throughput and server CPU per delivered message (~3 min)"),
     "stall": ("benchmarks.stall",
               "the worst stall of a node's loop under long-poll and WebSocket floods (scripts/flood.py)"),
 }

@@ -179,7 +179,7 @@ class Api:
     def _own_origin(self, request: Request) -> Optional[str]:
         """``scheme://host`` of this request as the browser sent it, or None without a Host."""
         host = request.header(b"host")
-        scheme = "http"
+        scheme = request.scheme
         if self._from_trusted_proxy(request):
             forwarded_host = _first_forwarded(request.header(b"x-forwarded-host"))
             if forwarded_host:

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, metavar="BYTES",
                       help=f"largest message (default: {DEFAULT_MAX_MESSAGE_BYTES} = "
                            f"{size_note('max_message_bytes', DEFAULT_MAX_MESSAGE_BYTES)})")
+    echo.add_argument("--tls-cert-file", metavar="FILE", help="PEM certificate chain: speak WSS only (with --tls-key-file)")
+    echo.add_argument("--tls-key-file", metavar="FILE", help="PEM private key of --tls-cert-file")
 
     tokens = commands.add_parser("tokens", help="print evenly spaced initial tokens, one per line",
                                  description="DataStax's formulas for a single data center.")
@@ -130,10 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
     describe.add_argument("--timeout", type=float, default=DEFAULT_DESCRIBE_TIMEOUT_S, metavar="SECONDS",
                           help=f"per node, for the whole answer (default: {DEFAULT_DESCRIBE_TIMEOUT_S:g})")
+    describe.add_argument("--config", metavar="FILE",
+                          help="a node's relay TOML file: with its private_tls_* settings the nodes are asked over "
+                               "TLS, presenting that certificate (docs/tls.md)")
 
     nginx = commands.add_parser(
         "nginx-config", help="print an nginx configuration that balances a cluster",
-        description="Prints a complete nginx.conf for the cluster file, like the seed's Sample 2: one upstream "
+        description="Prints a complete nginx.conf for the cluster file, like the seed's Sample 2 (or its Sample 1 "
+                    "with --upstream-tls: HTTPS to the nodes too): one upstream "
                     "per node (the others as backups), the gcbSessionServer cookie map, WebSocket upgrade, "
                     "Host and X-Forwarded-* for relay's origin check, buffers and timeouts for relay's "
                     "limits, fallback on 502/504 and rate limits on creates and joins. Run it with "
@@ -146,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="nginx's server_name (default: _, any name)")
     nginx.add_argument("--tls-cert", metavar="FILE", help="a certificate: add an HTTPS listener (TLS ends at nginx)")
     nginx.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    nginx.add_argument("--upstream-tls", action="store_true",
+                       help="reach the nodes over HTTPS, like the seed's Sample 1 (their public listeners have "
+                            "tls_cert_file)")
+    nginx.add_argument("--upstream-ca", metavar="FILE",
+                       help="with --upstream-tls: verify the nodes' certificates against this CA")
+    nginx.add_argument("--upstream-tls-name", metavar="NAME",
+                       help="with --upstream-ca: the name every node's certificate carries (checked, and sent as SNI)")
     nginx.add_argument("--no-rate-limits", action="store_true",
                        help="leave out the per-client limits on session creates and joins (load tests from one address)")
     nginx.add_argument("--tls-listen", default=str(DEFAULT_NGINX_TLS_LISTEN), metavar="PORT",
@@ -173,7 +186,8 @@ async def _serve_until_signalled(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(lambda task_status: serve(config, shutdown=shutdown, task_status=task_status))
             print(f"relay {__version__} ({implementation()}): node {config.node_name} on "
-                  f"http://{listening.public_host}:{listening.public_port}/cobrowse/master.html "
+                  f"{'https' if config.tls_cert_file else 'http'}://{listening.public_host}:{listening.public_port}"
+                  f"/cobrowse/master.html "
                   f"(private {listening.private_host}:{listening.private_port})", flush=True)
             async for signum in signals:
                 log_event(logging.getLogger("relay"), logging.INFO, "node.signal", signal=signal.Signals(signum).name,
@@ -195,13 +209,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_echo(args: argparse.Namespace) -> None:
     """``relay echo``: the WebSocket echo server until Ctrl-C."""
     from relay._server import serve_echo
+    from relay._tls import TLSSettings
+
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        raise ConfigError("--tls-cert-file and --tls-key-file go together")
+    tls = TLSSettings(args.tls_cert_file, args.tls_key_file) if args.tls_cert_file else None
 
     async def run_echo():
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(
-                lambda task_status: serve_echo(args.listen, max_message_bytes=args.max_message_bytes,
+                lambda task_status: serve_echo(args.listen, max_message_bytes=args.max_message_bytes, tls=tls,
                                                task_status=task_status))
-            print(f"relay echo server on ws://{host}:{port}/ ({implementation()})", flush=True)
+            print(f"relay echo server on {'wss' if tls else 'ws'}://{host}:{port}/ ({implementation()})", flush=True)
 
     try:
         trio.run(run_echo)
@@ -254,7 +273,12 @@ def cmd_describe_cluster(args: argparse.Namespace) -> int:
 
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout:g}")
-    text, healthy = describe_cluster(load_cluster(args.cluster), timeout_s=args.timeout)
+    tls = None
+    if args.config:
+        from relay._tls import node_tls
+
+        tls = node_tls(Config.from_toml(args.config, base=Config.cli_defaults())).peers
+    text, healthy = describe_cluster(load_cluster(args.cluster), timeout_s=args.timeout, tls=tls)
     print(text, end="", flush=True)
     return 0 if healthy else 1
 
@@ -270,7 +294,8 @@ def cmd_nginx_config(args: argparse.Namespace) -> None:
                        tls_listen=args.tls_listen, runtime_dir=args.runtime_dir,
                        ping_interval_s=node.ping_interval_s, poll_wait_s=node.poll_wait_s,
                        poll_body_bytes=node.poll_body_bytes, max_message_bytes=node.max_message_bytes,
-                       rate_limits=not args.no_rate_limits), end="")
+                       rate_limits=not args.no_rate_limits, upstream_tls=args.upstream_tls,
+                       upstream_ca=args.upstream_ca, upstream_tls_name=args.upstream_tls_name), end="")
 
 
 # A command returns None (success) or its exit status.

@@ -3,7 +3,7 @@
 Used by the tests and benchmarks, and usable by embedders (a bot that joins a session, a load
 generator, a server-side master)::
 
-    client = relay.Client("127.0.0.1", 8700)
+    client = relay.Client("127.0.0.1", 8700)   # tls=ssl.create_default_context(...) for https:// and wss://
     created = await client.create_session()
     master = await client.connect(created["session"], created["master_token"])
     await master.send("snapshot", msgpack.packb(b"<html>...</html>"))
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from collections import deque
 from typing import Any, Iterable, NamedTuple, Optional
 from urllib.parse import urlencode
@@ -97,7 +98,7 @@ class HTTPStatusError(RelayError):
         self.headers = headers
 
 
-async def _connect(host: str, port: int) -> socket.socket:
+async def _connect(host: str, port: int, tls=None):
     infos = await trio.to_thread.run_sync(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
     family, type_, proto, _canon, address = infos[0]
     sock = socket.socket(family, type_, proto)
@@ -112,6 +113,10 @@ async def _connect(host: str, port: int) -> socket.socket:
             if error:
                 raise OSError(error, f"cannot connect to {host}:{port}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:  # https:// and wss://: a TLSStream has the socket calls used below
+            from relay._tls import connect_tls
+
+            return await connect_tls(sock, tls, host, CONNECT_TIMEOUT_S)
     except BaseException:
         sock.close()
         raise
@@ -121,7 +126,9 @@ async def _connect(host: str, port: int) -> socket.socket:
 class Client:
     """The HTTP API of one relay node.  ``origin`` is sent as the Origin header when given."""
 
-    def __init__(self, host: str, port: int, *, origin: Optional[str] = None, cookie: Optional[str] = None) -> None:
+    def __init__(self, host: str, port: int, *, origin: Optional[str] = None, cookie: Optional[str] = None,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
+        self.tls = tls  # an ssl.SSLContext: speak HTTPS and WSS (it verifies the relay's certificate)
         self.host = host
         self.port = port
         self.origin = origin
@@ -140,7 +147,7 @@ class Client:
     async def request(self, method: str, target: str, body: bytes = b"",
                       headers: Iterable[tuple[str, str]] = ()) -> tuple[int, list[tuple[str, str]], bytes]:
         """One HTTP request on a fresh connection: (status, headers, body)."""
-        sock = await _connect(self.host, self.port)
+        sock = await _connect(self.host, self.port, self.tls)
         yielder = Yielder()
         try:
             conn = h11.Connection(h11.CLIENT)
@@ -220,7 +227,7 @@ class Client:
             query["master_count"] = str(master_count)
         connection = await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
                                                  headers=self._headers(), max_message_bytes=max_message_bytes,
-                                                 decode=decode)
+                                                 decode=decode, tls=self.tls)
         if resume is not None:
             connection._continue_from(resume)
             resume.superseded = True  # its window numbers for this connection from now on
@@ -313,7 +320,8 @@ class ClientConnection:
 
     @classmethod
     async def open(cls, host: str, port: int, target: str, *, headers: Iterable[tuple[str, str]] = (),
-                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decode: bool = True) -> "ClientConnection":
+                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decode: bool = True,
+                   tls: Optional[ssl.SSLContext] = None) -> "ClientConnection":
         """Open a WebSocket on ``target`` (a path and query) with the extra request ``headers``.
 
         ``decode=False`` is for a caller that parses the server's frames itself from ``sock`` (a load
@@ -323,7 +331,7 @@ class ClientConnection:
         import base64
         import os
 
-        sock = await _connect(host, port)
+        sock = await _connect(host, port, tls)
         yielder = Yielder()
         try:
             key = base64.b64encode(os.urandom(16))

@@ -85,6 +85,8 @@ class Forward:
 
 
 class ClusterNode:
+    peer_tls = None  # the client context for peers' private listeners when they speak TLS (set by the Server)
+
     def __init__(self, cluster, config, host, metrics) -> None:
         self.cluster = cluster
         self.config = config
@@ -242,7 +244,7 @@ class ClusterNode:
 
         async def ask(name):
             try:
-                answers[name] = await query_peer(self.cluster.nodes[name].private)
+                answers[name] = await query_peer(self.cluster.nodes[name].private, tls=self.peer_tls)
             except (OSError, Broken, ValueError, h11.ProtocolError, trio.TooSlowError):
                 pass
 
@@ -520,10 +522,11 @@ def is_session_id(text: str) -> bool:
     return len(text) == SESSION_ID_CHARS and all(c in SESSION_ID_ALPHABET for c in text)
 
 
-async def query_peer(address: str) -> dict:
-    """``GET /cluster`` of a peer's private listener, as JSON (bounded in time and size)."""
+async def query_peer(address: str, *, tls=None) -> dict:
+    """``GET /cluster`` of a peer's private listener, as JSON (bounded in time and size; over TLS
+    with the ``tls`` client context when the private listeners speak it)."""
     with trio.fail_after(PEER_QUERY_TIMEOUT_S):
-        sock = await connect(address, PEER_QUERY_TIMEOUT_S)
+        sock = await connect(address, PEER_QUERY_TIMEOUT_S, tls=tls)
         try:
             yielder = Yielder()
             await send_all(sock, b"GET /cluster HTTP/1.1\r\nhost: relay\r\nconnection: close\r\n\r\n", yielder)

@@ -138,6 +138,19 @@ class Config:
         DEFAULT_COPY_LAG_S, "seconds a stream message may wait for the failover copy before the copy is given up",
         check="positive")
 
+    # TLS (docs/tls.md): each listener has its own certificate (they may name the same files).
+    tls_cert_file: Optional[str] = setting(
+        None, "PEM certificate chain of the public listener: with tls_key_file it speaks HTTPS and WSS only")
+    tls_key_file: Optional[str] = setting(None, "PEM private key of tls_cert_file")
+    private_tls_cert_file: Optional[str] = setting(
+        None, "PEM certificate chain of the private listener: with private_tls_key_file it speaks TLS only, this "
+              "node forwards to its peers' private listeners over TLS (set it alike on every node) and presents "
+              "this certificate to them")
+    private_tls_key_file: Optional[str] = setting(None, "PEM private key of private_tls_cert_file")
+    private_tls_ca_file: Optional[str] = setting(
+        None, "PEM CA bundle of the nodes: the private listener requires client certificates it signed, and "
+              "peers' certificates are verified against it (unset: no client certificate, the system's CAs)")
+
     # The sticky routing cookie (SPEC 3).
     cookie_name: str = setting(DEFAULT_COOKIE_NAME, "name of the sticky routing cookie")
     cookie_secure: bool = setting(False, "add Secure to the cookie (forced by SameSite=None)")
@@ -156,7 +169,8 @@ class Config:
     max_header_bytes: int = setting(DEFAULT_MAX_HEADER_BYTES, "largest HTTP request head (431 beyond)",
                                     check="positive")
     handshake_timeout_s: float = setting(
-        DEFAULT_HANDSHAKE_TIMEOUT_S, "seconds for a client to send its request head (408 beyond)", check="positive")
+        DEFAULT_HANDSHAKE_TIMEOUT_S, "seconds for a client to finish its TLS handshake, and then to send each "
+                                     "request head (408 beyond)", check="positive")
     ping_interval_s: float = setting(
         DEFAULT_PING_INTERVAL_S, "seconds between WebSocket pings (below a proxy's 60 s read timeout)",
         check="positive")
@@ -286,6 +300,12 @@ class Config:
             parse_hostport(getattr(self, name), setting=name)
         if not self.node_name:
             raise ConfigError("node_name must not be empty")
+        for cert, key in (("tls_cert_file", "tls_key_file"), ("private_tls_cert_file", "private_tls_key_file")):
+            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+                raise ConfigError(f"{cert} and {key} go together: set both or neither")
+        if self.private_tls_ca_file and not self.private_tls_cert_file:
+            raise ConfigError("private_tls_ca_file needs private_tls_cert_file and private_tls_key_file "
+                              "(the node presents its certificate to the peers that require one)")
         self.set_cookie_value()  # node_name and cookie settings must make a safe Set-Cookie header
         for f in dataclasses.fields(self):
             check = f.metadata.get(CHECK)

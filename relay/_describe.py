@@ -62,9 +62,11 @@ def _check_view(data) -> dict:
     return data
 
 
-async def _get(host: str, port: int) -> tuple:
-    """(status, body) of ``GET /cluster`` on a fresh connection."""
+async def _get(host: str, port: int, tls=None) -> tuple:
+    """(status, body) of ``GET /cluster`` on a fresh connection (over TLS with the client context ``tls``)."""
     stream = await trio.open_tcp_stream(host, port)
+    if tls is not None:
+        stream = trio.SSLStream(stream, tls, server_hostname=host)
     async with stream:
         conn = h11.Connection(h11.CLIENT)
         target_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -102,7 +104,7 @@ def _connect_error(exc: OSError) -> str:
     return str(error) or type(error).__name__
 
 
-async def ask_node(name: str, address: str, *, timeout_s: float = DEFAULT_DESCRIBE_TIMEOUT_S) -> NodeView:
+async def ask_node(name: str, address: str, *, timeout_s: float = DEFAULT_DESCRIBE_TIMEOUT_S, tls=None) -> NodeView:
     """The node's /cluster view, or a NodeView with the error (never raises for a node's fault)."""
     try:
         host, port = parse_hostport(address, setting=f"{name}.private")
@@ -110,9 +112,11 @@ async def ask_node(name: str, address: str, *, timeout_s: float = DEFAULT_DESCRI
         return NodeView(name, address, error=str(exc))
     try:
         with trio.fail_after(timeout_s):
-            status, body = await _get(host, port)
+            status, body = await _get(host, port, tls)
     except trio.TooSlowError:
         return NodeView(name, address, error=f"no answer within {timeout_s:g} s")
+    except trio.BrokenResourceError as exc:  # a TLS handshake that failed (its cause is the SSLError)
+        return NodeView(name, address, error=f"TLS: {exc.__cause__ or exc}")
     except OSError as exc:
         return NodeView(name, address, error=_connect_error(exc))
     except (h11.RemoteProtocolError, ValueError) as exc:
@@ -126,13 +130,13 @@ async def ask_node(name: str, address: str, *, timeout_s: float = DEFAULT_DESCRI
     return NodeView(name, address, view=view)
 
 
-async def ask_cluster(cluster, *, timeout_s: float = DEFAULT_DESCRIBE_TIMEOUT_S) -> list:
+async def ask_cluster(cluster, *, timeout_s: float = DEFAULT_DESCRIBE_TIMEOUT_S, tls=None) -> list:
     """Every node's NodeView, in the file's order, asked in parallel."""
     names = list(cluster.nodes)
     answers: dict = {}
 
     async def ask(name: str) -> None:
-        answers[name] = await ask_node(name, cluster.nodes[name].private, timeout_s=timeout_s)
+        answers[name] = await ask_node(name, cluster.nodes[name].private, timeout_s=timeout_s, tls=tls)
 
     async with trio.open_nursery() as nursery:
         for name in names:
@@ -201,7 +205,8 @@ def format_description(cluster, answers: list) -> tuple:
     return "\n".join(lines) + "\n", healthy
 
 
-def describe_cluster(cluster, *, timeout_s: float = DEFAULT_DESCRIBE_TIMEOUT_S) -> tuple:
-    """Ask the nodes and format their answers: (text, healthy)."""
-    answers = trio.run(lambda: ask_cluster(cluster, timeout_s=timeout_s))
+def describe_cluster(cluster, *, timeout_s: float = DEFAULT_DESCRIBE_TIMEOUT_S, tls=None) -> tuple:
+    """Ask the nodes and format their answers: (text, healthy).  ``tls``: the client context for private
+    listeners that speak TLS (relay._tls.node_tls(config).peers)."""
+    answers = trio.run(lambda: ask_cluster(cluster, timeout_s=timeout_s, tls=tls))
     return format_description(cluster, answers)

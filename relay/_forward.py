@@ -5,7 +5,9 @@ long-poll POST or a join).  It opens a connection to the host's private listener
 head with ``x-relay-forwarded-by`` (so the host answers with its own sticky cookie and never
 forwards again) and from then on moves bytes: both directions for a WebSocket, the response for a
 plain request.  No message is re-framed or re-encoded on the hop; the entry node's cost is two
-socket copies per chunk.
+socket copies per chunk (splice(2): the bytes stay in the kernel).  When the private listeners speak
+TLS, the hop does too (``tls``: the node's client context, verifying the host's certificate and
+presenting its own); then each chunk is decrypted and encrypted again in user space, both ways.
 
 A plain request is forwarded with ``connection: close``: the host closes after its answer, and so
 does the entry node, so that a client's next request is routed again (its cookie now names the
@@ -25,13 +27,15 @@ import trio
 
 from relay._errors import HTTPError
 from relay._netio import Broken, Yielder, close_socket, recv_into, send_all
+from relay._tls import connect_tls
 
-__all__ = ["FORWARD_ANSWER_TIMEOUT_S", "FORWARDED_BY", "FORWARDED_PEER", "PIPE_BUFFER_BYTES", "connect", "forward_request", "HOP_BY_HOP"]
+__all__ = ["FORWARD_ANSWER_TIMEOUT_S", "FORWARDED_BY", "FORWARDED_PEER", "FORWARDED_PROTO", "PIPE_BUFFER_BYTES", "connect", "forward_request", "HOP_BY_HOP"]
 
 # splice(2): Linux only, Python 3.10+; elsewhere the pipe copies through a buffer.
 SPLICE = sys.platform.startswith("linux") and hasattr(os, "splice") and os.environ.get("RELAY_FORWARD_COPY") != "1"
 FORWARDED_BY = b"x-relay-forwarded-by"  # the entry node's name
 FORWARDED_PEER = b"x-relay-peer"  # the entry node's TCP peer
+FORWARDED_PROTO = b"x-relay-proto"  # "https" when the client reached the entry node over TLS
 PIPE_BUFFER_BYTES = 64 * 1024  # per direction of a forwarded connection
 CONNECT_TIMEOUT_S = 1.0  # to a peer's private listener on the same network: fail fast, the client retries
 RETRY_AFTER_S = 1
@@ -40,11 +44,12 @@ RETRY_AFTER_S = 1
 FORWARD_ANSWER_TIMEOUT_S = 2.0
 # Headers that belong to one hop (RFC 9110 7.6.1) and are rewritten on the forwarded request.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                        b"transfer-encoding", b"content-length", FORWARDED_BY, FORWARDED_PEER})
+                        b"transfer-encoding", b"content-length", FORWARDED_BY, FORWARDED_PEER, FORWARDED_PROTO})
 
 
-async def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket:
-    """A non-blocking TCP connection to ``HOST:PORT``; OSError if it cannot be made in time."""
+async def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S, *, tls=None):
+    """A non-blocking TCP connection to ``HOST:PORT`` (a TLSStream over it with the client context
+    ``tls``, which checks the certificate against HOST); OSError if it cannot be made in time."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -66,10 +71,17 @@ async def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.
     except BaseException:
         sock.close()
         raise
-    return sock
+    if tls is None:
+        return sock
+    try:
+        return await connect_tls(sock, tls, host, timeout_s)
+    except BaseException:
+        sock.close()
+        raise
 
 
-def forwarded_head(head: h11.Request, via: str, *, body_length: Optional[int], client_ip: Optional[str]) -> bytes:
+def forwarded_head(head: h11.Request, via: str, *, body_length: Optional[int], client_ip: Optional[str],
+                   scheme: str = "http") -> bytes:
     """The request head as the host receives it (HTTP/1.1 bytes).  ``X-Forwarded-*`` go on unchanged;
     ``client_ip`` (the entry node's TCP peer) is passed as ``x-relay-peer``, so that the host applies
     its per-client limits and its trust in proxies as if the request had reached it directly."""
@@ -84,15 +96,18 @@ def forwarded_head(head: h11.Request, via: str, *, body_length: Optional[int], c
     lines.append(FORWARDED_BY + b": " + via.encode("latin-1"))
     if client_ip:
         lines.append(FORWARDED_PEER + b": " + client_ip.encode("latin-1"))
+    if scheme == "https":
+        lines.append(FORWARDED_PROTO + b": https")
     if not upgrade:
         lines.append(b"content-length: %d" % body_length)
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _pipe(source: socket.socket, sink: socket.socket, moved: Callable[[int], None]) -> None:
-    """Bytes from ``source`` to ``sink`` until ``source`` ends; ``moved(n)`` after each chunk."""
-    if SPLICE:
+async def _pipe(source, sink, moved: Callable[[int], None]) -> None:
+    """Bytes from ``source`` to ``sink`` until ``source`` ends; ``moved(n)`` after each chunk.
+    (Either may be a TLSStream: then the bytes go through user space, to be decrypted or encrypted.)"""
+    if SPLICE and type(source) is socket.socket and type(sink) is socket.socket:
         await _splice(source, sink, moved)
         return
     buffer = bytearray(PIPE_BUFFER_BYTES)
@@ -149,17 +164,18 @@ async def _wait(wait, sock: socket.socket) -> None:
 
 async def forward_request(client: socket.socket, head: h11.Request, address: str, *, via: str,
                           client_ip: Optional[str], body: Optional[bytes], leftover: bytes = b"",
-                          answer_timeout_s: float, metrics=None) -> None:
+                          answer_timeout_s: float, metrics=None, tls=None, scheme: str = "http") -> None:
     """Send the request to ``address`` (a peer's private HOST:PORT) and relay what follows.
 
     ``body`` is the whole body of a plain request; None for a WebSocket upgrade, whose ``leftover``
     (bytes the client sent after its head) goes on unchanged.  HTTPError 503 with Retry-After when
     the host cannot be reached, or does not begin its answer within ``answer_timeout_s`` (a host
     that is paused still accepts connections in its kernel): the client retries, and by then the
-    cluster may have moved the session.
+    cluster may have moved the session.  ``tls``: the client context for the host's private listener
+    (None: plaintext); ``scheme``: how the client reached this node (passed on for the origin check).
     """
     try:
-        upstream = await connect(address)
+        upstream = await connect(address, tls=tls)
     except OSError as exc:
         if metrics is not None:
             metrics.forward_failures.inc()
@@ -173,7 +189,8 @@ async def forward_request(client: socket.socket, head: h11.Request, address: str
     else:
         to_host = to_client = _ignore
     try:
-        first = forwarded_head(head, via, body_length=None if upgrade else len(body), client_ip=client_ip)
+        first = forwarded_head(head, via, body_length=None if upgrade else len(body), client_ip=client_ip,
+                               scheme=scheme)
         await send_all(upstream, first + (leftover if upgrade else body), Yielder())
         to_host(len(first) + len(leftover if upgrade else body))
         # Nothing has gone to the client yet: until the host answers, a 503 can still be sent.

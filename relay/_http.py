@@ -45,7 +45,7 @@ def _peer_address(sock) -> Optional[str]:
 
 
 class HTTPConnection:
-    def __init__(self, sock: socket.socket, *, max_header_bytes: int) -> None:
+    def __init__(self, sock, *, max_header_bytes: int) -> None:
         self.sock = sock
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self.max_header_bytes = max_header_bytes
@@ -55,6 +55,7 @@ class HTTPConnection:
         self.must_close = False  # the current request asks for the connection to end after its answer
         self.peer = _peer_address(sock)  # for log lines of limits hit
         self.peer_ip = self.peer.rsplit(":", 1)[0] if self.peer else None
+        self.scheme = "http"  # "https" on a TLS listener (sock is then a relay._tls.TLSStream)
         self._received_bytes = 0
 
     async def _receive_event(self):

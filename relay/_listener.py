@@ -79,12 +79,13 @@ class Connections:
         await self._none_left.wait()
 
 
-def _refuse_overloaded(sock: socket.socket) -> None:
+def _refuse_overloaded(sock: socket.socket, answer: bool) -> None:
     limit_log.hit("max_connections", status=503)
-    try:
-        sock.send(OVERLOADED_RESPONSE)
-    except OSError:
-        pass
+    if answer:  # (a TLS listener's client would read a plaintext 503 as a broken handshake: just close)
+        try:
+            sock.send(OVERLOADED_RESPONSE)
+        except OSError:
+            pass
     sock.close()
 
 
@@ -102,8 +103,10 @@ async def _run_connection(handle, sock: socket.socket, address, connections: Con
 
 
 async def accept_loop(listener: socket.socket, handle: Callable[[socket.socket, object], Awaitable[None]],
-                      connections: Connections, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                      connections: Connections, *, answer_overload: bool = True,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Accept on ``listener`` until it is closed; ``await handle(sock, address)`` for each connection.
+    Past the connection limit a connection gets a plaintext 503 (``answer_overload``) and is closed.
 
     Returns once the listener is closed and every connection it accepted has ended.
     """
@@ -139,6 +142,6 @@ async def accept_loop(listener: socket.socket, handle: Callable[[socket.socket, 
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if not connections.admit():
-                    _refuse_overloaded(sock)
+                    _refuse_overloaded(sock, answer_overload)
                     continue
                 nursery.start_soon(_run_connection, handle, sock, address, connections)

@@ -1,7 +1,8 @@
 """``relay nginx-config``: an nginx configuration for a cluster file (a pure function of its input).
 
 The shape is the seed's Sample 2 ("SSL acceleration": TLS, if any, ends at nginx; plain HTTP to the
-nodes), made to work with relay as it is:
+nodes) or, with ``upstream_tls``, its Sample 1 (HTTPS from nginx to the nodes too: the nodes'
+public listeners speak TLS, ``tls_cert_file``), made to work with relay as it is:
 
 - one upstream per node, the node first and every other node as ``backup``: a client whose cookie
   names a dead node falls through to a live one (which takes its session over, or forwards it);
@@ -65,6 +66,9 @@ COOKIE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+\Z")
 # server_name: one or more names (or nginx patterns) separated by spaces.
 SERVER_NAME_PATTERN = re.compile(r"[^\s;{}'\"#]+( [^\s;{}'\"#]+)*\Z")
 PATH_PATTERN = re.compile(r"[^\s;{}'\"#$]+\Z")
+TLS_NAME_PATTERN = re.compile(r"[A-Za-z0-9.-]+\Z")  # a DNS name (or an IP address) in the nodes' certificates
+UPSTREAM_TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"  # relay's own minimum is TLS 1.2
+UPSTREAM_VERIFY_DEPTH = 2  # node certificate, intermediate, root
 
 
 def _size(nbytes: int) -> str:
@@ -128,15 +132,20 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
                  tls_key: Optional[str] = None, tls_listen: Union[int, str] = DEFAULT_NGINX_TLS_LISTEN,
                  runtime_dir: Optional[str] = None, ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
                  poll_wait_s: float = DEFAULT_POLL_WAIT_S, poll_body_bytes: int = DEFAULT_POLL_BODY_BYTES,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rate_limits: bool = True) -> str:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rate_limits: bool = True,
+                 upstream_tls: bool = False, upstream_ca: Optional[str] = None,
+                 upstream_tls_name: Optional[str] = None) -> str:
     """The text of an nginx.conf that balances ``cluster`` (a :class:`relay._cluster.Cluster`).
 
     It needs nothing beside itself: no ``user``, ``pid`` or top-level ``error_log`` (give them with
     ``-g`` or let the defaults apply), no ``include mime.types``.  ``runtime_dir`` puts the access log
     and nginx's temporary files there (else nginx's built-in paths: /var/log/nginx, /var/lib/nginx on
     Debian).  ``tls_cert`` and ``tls_key`` add an HTTPS listener on ``tls_listen`` (TLS ends at nginx;
-    the nodes are reached over plain HTTP, like the seed's Sample 2).  ``rate_limits=False`` leaves out
-    the per-client limits on creates and joins (for a load test from one address).
+    the nodes are reached over plain HTTP, like the seed's Sample 2).  ``upstream_tls`` reaches the
+    nodes over HTTPS instead (the seed's Sample 1, its default); ``upstream_ca`` makes nginx verify their
+    certificates against that CA, for ``upstream_tls_name``, a name every node's certificate carries
+    (nginx picks the node after it has fixed the name it checks).  ``rate_limits=False`` leaves out the
+    per-client limits on creates and joins (for a load test from one address).
     """
     nodes = cluster.nodes
     if not nodes:
@@ -149,6 +158,13 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
         raise ConfigError(f"server name {server_name!r} is not a valid nginx server_name")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("TLS needs both a certificate and its key")
+    if (upstream_ca is not None or upstream_tls_name is not None) and not upstream_tls:
+        raise ConfigError("upstream_ca and upstream_tls_name need upstream_tls (HTTPS to the nodes)")
+    if (upstream_ca is None) != (upstream_tls_name is None):
+        raise ConfigError("verifying the nodes' certificates needs both the CA and the name they carry")
+    if upstream_tls_name is not None and not TLS_NAME_PATTERN.match(upstream_tls_name):
+        raise ConfigError(f"upstream TLS name {upstream_tls_name!r} must be a DNS name or an IP address")
+    scheme = "https" if upstream_tls else "http"
     listens = [_listen_directive(listen, "listen")]
     if tls_cert is not None:
         listens.append(_listen_directive(tls_listen, "TLS listen") + " ssl")
@@ -160,7 +176,10 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
     out: list = []
     add = out.append
     add(f"# nginx configuration for the relay cluster {cluster_name!r} ({len(nodes)} node(s)),")
-    add("# made by `relay nginx-config`; the shape of the seed's Sample 2 (TLS, if any, ends here).")
+    if upstream_tls:
+        add("# made by `relay nginx-config`; the shape of the seed's Sample 1 (HTTPS to the nodes as well).")
+    else:
+        add("# made by `relay nginx-config`; the shape of the seed's Sample 2 (TLS, if any, ends here).")
     add("# Run it as it is, for example:")
     add("#   nginx -p DIR -c DIR/nginx.conf -g 'daemon off; pid DIR/nginx.pid; error_log DIR/error.log;'")
     add("# Every node must list this load balancer's address in trusted_proxies, so that it believes the")
@@ -267,22 +286,34 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
     add(f"        # ({poll_wait_s:g} s, poll_wait_s): {READ_TIMEOUT_FACTOR} times the longer, so that only a dead node is cut.")
     add(f"        proxy_read_timeout {read_timeout_s}s;")
     add(f"        proxy_send_timeout {read_timeout_s}s;")
+    if upstream_tls:
+        add("        # HTTPS to the nodes (their public listeners have tls_cert_file): the seed's Sample 1.")
+        add(f"        proxy_ssl_protocols {UPSTREAM_TLS_PROTOCOLS};")
+        add("        proxy_ssl_session_reuse on;")
+        if upstream_ca is not None:
+            add(f"        proxy_ssl_trusted_certificate {_check_path(upstream_ca, 'upstream CA')};")
+            add("        proxy_ssl_verify on;")
+            add(f"        proxy_ssl_verify_depth {UPSTREAM_VERIFY_DEPTH};")
+            add(f"        proxy_ssl_name {upstream_tls_name};")
+            add("        proxy_ssl_server_name on;")
+        else:
+            add("        # (the nodes' certificates are not verified: give --upstream-ca and --upstream-tls-name)")
     add("")
     add("        location = /cobrowse/sessions {")
     if rate_limits:
         add(f"            limit_req zone=relay_creates burst={CREATE_BURST} nodelay;")
-    add("            proxy_pass http://$relay_upstream;")
+    add(f"            proxy_pass {scheme}://$relay_upstream;")
     add("        }")
     add("        location ~ ^/cobrowse/sessions/[^/]+/join$ {")
     if rate_limits:
         add(f"            limit_req zone=relay_joins burst={JOIN_BURST} nodelay;")
-    add("            proxy_pass http://$relay_upstream;")
+    add(f"            proxy_pass {scheme}://$relay_upstream;")
     add("        }")
     add("        location /cobrowse/ {")
-    add("            proxy_pass http://$relay_upstream;")
+    add(f"            proxy_pass {scheme}://$relay_upstream;")
     add("        }")
     add("        location = /health {")
-    add(f"            proxy_pass http://{CLUSTER_UPSTREAM};")
+    add(f"            proxy_pass {scheme}://{CLUSTER_UPSTREAM};")
     add("        }")
     add("        # Nothing else: the private listeners (/metrics, /sessions, /cluster) stay private.")
     add("        location / {")

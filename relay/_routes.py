@@ -182,10 +182,10 @@ def json_body(obj) -> bytes:
 class Request:
     """What a handler sees of one HTTP request."""
 
-    __slots__ = ("head", "path", "query", "params", "connection_id", "peer_ip", "_read_body")
+    __slots__ = ("head", "path", "query", "params", "connection_id", "peer_ip", "scheme", "_read_body")
 
     def __init__(self, head: h11.Request, path: str, query: dict, params: dict, *, connection_id: str = "",
-                 peer_ip: Optional[str] = None,
+                 peer_ip: Optional[str] = None, scheme: str = "http",
                  read_body: Optional[Callable[[int], Awaitable[bytes]]] = None) -> None:
         self.head = head
         self.path = path
@@ -193,6 +193,7 @@ class Request:
         self.params = params
         self.connection_id = connection_id
         self.peer_ip = peer_ip  # the TCP peer (a trusted proxy's X-Forwarded-For may name the client)
+        self.scheme = scheme  # "https" when it came over TLS (to this node, or to the node that forwarded it)
         self._read_body = read_body
 
     def header_values(self, name: bytes) -> list:

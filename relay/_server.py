@@ -15,6 +15,7 @@ import itertools
 import logging
 import socket
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import h11
@@ -34,7 +35,7 @@ from relay._config import (
     ConfigError,
 )
 from relay._errors import HTTPError
-from relay._forward import FORWARD_ANSWER_TIMEOUT_S, FORWARDED_BY, FORWARDED_PEER, forward_request
+from relay._forward import FORWARD_ANSWER_TIMEOUT_S, FORWARDED_BY, FORWARDED_PEER, FORWARDED_PROTO, forward_request
 from relay._fdlimit import fd_limit_warning
 from relay._handshake import accept_headers
 from relay._host import SessionHost
@@ -47,6 +48,7 @@ from relay._netio import Broken, close_socket
 from relay._outbox import Outbox
 from relay._routes import FORWARDED, PREFLIGHT, PRIVATE, PUBLIC, Request, RouteTable, Upgrade, parse_target, relay_routes
 from relay._session import Session
+from relay._tls import NodeTLS, TLSSettings, accept_tls, load_context, node_tls, server_context
 from relay._websocket import EchoHandler, WebSocketConnection
 from relay._wsattach import WebSocketAttach
 
@@ -93,6 +95,7 @@ class Server:
             # A node of a cluster listens where the cluster file says: every node reads the same file.
             config = dataclasses.replace(config, listen=spec.public, private_listen=spec.private)
         self.config = config
+        self.tls: NodeTLS = node_tls(config)  # (a certificate that cannot be used fails here, before binding)
         owns = (lambda session_id: cluster.ring.owner(session_id) == config.node_name) if cluster else (lambda _id: True)
         self.host = SessionHost(config, owns=owns,
                                 observer=self._observe if config.on_message is not None else None)
@@ -103,6 +106,7 @@ class Server:
             from relay._clusternode import ClusterNode
 
             self.cluster = ClusterNode(cluster, config, self.host, self.metrics)
+            self.cluster.peer_tls = self.tls.peers
             self.host.on_end = self.cluster.session_ended
         self.shutting_down = False
         self._connections = Connections(config.max_connections, on_refused=self._refused)
@@ -147,13 +151,15 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run_timers)
-                for sock, listener in ((public, PUBLIC), (private, PRIVATE)):
-                    await nursery.start(accept_loop, sock, self._connection_handler(listener), self._connections)
+                for sock, listener, tls in ((public, PUBLIC, self.tls.public), (private, PRIVATE, self.tls.private)):
+                    await nursery.start(partial(accept_loop, sock, self._connection_handler(listener, tls),
+                                                self._connections, answer_overload=tls is None))
                 if config.join_policy == "open":
                     log_event(log, logging.WARNING, "node.join_policy_open", node=config.node_name,
                               hint="anyone who knows a session ID sees its page: use approve or ticket in production")
                 log_event(log, logging.INFO, "node.listening", node=config.node_name,
                           public=f"{public_host}:{public_port}", private=f"{private_host}:{private_port}",
+                          public_tls=self.tls.public is not None, private_tls=self.tls.private is not None,
                           implementation=implementation())
                 fd_warning = fd_limit_warning(config.max_connections)
                 if fd_warning is not None:
@@ -187,14 +193,31 @@ class Server:
     def _observe(self, session: Session, kind: str, seq: int, size: int) -> None:
         self.host.call_hook(self.config.on_message, session.id, kind, seq, size)
 
-    def _connection_handler(self, listener: str):
-        async def handle(sock: socket.socket, _address) -> None:
-            await self._handle_connection(sock, listener)
-        return handle
+    def _connection_handler(self, listener: str, tls):
+        if tls is None:
+            async def handle(sock: socket.socket, _address) -> None:
+                await self._handle_connection(sock, listener, "http")
+            return handle
 
-    async def _handle_connection(self, sock: socket.socket, listener: str) -> None:
-        """HTTP/1.1 requests one after the other until the client is done or the socket is upgraded."""
+        async def handle_tls(sock: socket.socket, address) -> None:
+            # In the connection's own task: the connection limit counts it, and the handshake has
+            # the request head's timeout (a client that never finishes it is a slowloris).
+            stream = await accept_tls(sock, tls, timeout_s=self.config.handshake_timeout_s, listener=listener,
+                                      peer=_address_text(address))
+            if stream is None:
+                self.metrics.handshake_failures.labels("tls-handshake").inc()
+                return
+            try:
+                await self._handle_connection(stream, listener, "https")
+            finally:
+                stream.close()  # our close_notify (the listener closes the socket itself)
+        return handle_tls
+
+    async def _handle_connection(self, sock, listener: str, scheme: str) -> None:
+        """HTTP/1.1 requests one after the other until the client is done or the socket is upgraded.
+        ``sock`` is the socket, or its TLSStream on a TLS listener (``scheme`` https)."""
         http = HTTPConnection(sock, max_header_bytes=self.config.max_header_bytes)
+        http.scheme = scheme
         connection_id = f"c{next(_connection_ids)}"
         try:
             while not self.shutting_down:
@@ -202,7 +225,7 @@ class Server:
                 if request is None:
                     break
                 try:
-                    upgraded = await self._dispatch(http, request, listener, connection_id)
+                    upgraded = await self._dispatch(http, request, listener, connection_id, scheme)
                 except HTTPError as error:
                     self.metrics.handshake_failures.labels(error.code).inc()
                     if error.status in LIMIT_STATUSES:
@@ -223,16 +246,20 @@ class Server:
 
     # ------------------------------------------------------------------ dispatch
 
-    async def _dispatch(self, http: HTTPConnection, head: h11.Request, listener: str, connection_id: str) -> bool:
+    async def _dispatch(self, http: HTTPConnection, head: h11.Request, listener: str, connection_id: str,
+                        scheme: str = "http") -> bool:
         """Answer one request (route -> handler).  Returns True if the connection became a WebSocket."""
         path, query = parse_target(head.target)
         peer_ip = http.peer_ip
         if listener == PRIVATE and self.cluster is not None and any(name == FORWARDED_BY for name, _ in head.headers):
-            # A request that a peer node forwarded: the client is the one it names.
+            # A request that a peer node forwarded: the client is the one it names, and so is the
+            # scheme it used (the relay's own origin is https:// when it came over TLS).
             listener = FORWARDED
             peer_ip = next((value.decode("latin-1") for name, value in head.headers if name == FORWARDED_PEER), peer_ip)
+            scheme = "https" if any(name == FORWARDED_PROTO and value == b"https" for name, value in head.headers) \
+                else "http"
         match = self.routes.match(listener, head.method, path)
-        request = Request(head, path, query, match.params, connection_id=connection_id, peer_ip=peer_ip,
+        request = Request(head, path, query, match.params, connection_id=connection_id, peer_ip=peer_ip, scheme=scheme,
                           read_body=lambda limit: http.read_body(limit, self.config.handshake_timeout_s))
         if match.route.cors:
             http.response_headers = self.api.check_origin(request)
@@ -274,8 +301,13 @@ class Server:
         # A long-poll GET is answered when there is news, or after poll_wait_s.
         answer_timeout_s = FORWARD_ANSWER_TIMEOUT_S + (self.config.poll_wait_s if handler == "poll_get" else 0)
         await forward_request(http.sock, head, located.address, via=self.config.node_name, client_ip=http.peer_ip,
-                              body=body, leftover=leftover, answer_timeout_s=answer_timeout_s, metrics=self.metrics)
+                              body=body, leftover=leftover, answer_timeout_s=answer_timeout_s, metrics=self.metrics,
+                              tls=self.tls.peers, scheme=http.scheme)
         return True
+
+
+def _address_text(address) -> Optional[str]:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) and len(address) >= 2 else None
 
 
 async def serve(config: Config, *, shutdown: Optional[trio.Event] = None,
@@ -290,12 +322,14 @@ async def serve(config: Config, *, shutdown: Optional[trio.Event] = None,
 
 async def serve_echo(listen: str = DEFAULT_ECHO_LISTEN, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                      ping_interval_s: float = DEFAULT_PING_INTERVAL_S, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                     tls: Optional[TLSSettings] = None,
                      task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """A WebSocket echo server on the same connection code as sessions (for Autobahn|Testsuite).
 
     ``await nursery.start(serve_echo, "127.0.0.1:0")`` returns the bound ``(host, port)``; the limits
-    default to Config's.
+    default to Config's.  With ``tls`` it speaks WSS only.
     """
+    context = load_context(server_context, tls, "--tls-cert-file/--tls-key-file") if tls is not None else None
     listener = listen_socket(listen, "listen")
     host, port = listener.getsockname()[:2]
 
@@ -305,7 +339,20 @@ async def serve_echo(listen: str = DEFAULT_ECHO_LISTEN, *, max_message_bytes: in
                                   ping_interval_s=ping_interval_s, idle_timeout_s=idle_timeout_s,
                                   leftover=leftover).run()
 
-    async def handle(sock: socket.socket, _address) -> None:
+    async def handle(sock: socket.socket, address) -> None:
+        if context is not None:
+            stream = await accept_tls(sock, context, timeout_s=DEFAULT_HANDSHAKE_TIMEOUT_S, listener="echo",
+                                      peer=_address_text(address))
+            if stream is None:
+                return
+            try:
+                await handle_http(stream)
+            finally:
+                stream.close()
+            return
+        await handle_http(sock)
+
+    async def handle_http(sock) -> None:
         http = HTTPConnection(sock, max_header_bytes=DEFAULT_MAX_HEADER_BYTES)
         request = await http.next_request(DEFAULT_HANDSHAKE_TIMEOUT_S)
         if request is None:
@@ -319,7 +366,7 @@ async def serve_echo(listen: str = DEFAULT_ECHO_LISTEN, *, max_message_bytes: in
 
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(accept_loop, listener, handle, Connections())
+            await nursery.start(partial(accept_loop, listener, handle, Connections(), answer_overload=context is None))
             task_status.started((host, port))
     finally:
         close_socket(listener)

@@ -34,7 +34,7 @@ from relay._closing import ClosingHandshake, ConnectionState
 from relay._errors import RemoteProtocolError
 from relay._logging import log_event
 from relay._netio import Broken, Yielder, _advance, close_socket, recv_into, send_buffers
-from relay._outbox import MESSAGE_OVERHEAD_BYTES, WRITER_BATCH_FRAMES, Outbox, RawFrame
+from relay._outbox import WRITER_BATCH_FRAMES, Outbox, RawFrame
 
 __all__ = ["MessageHandler", "WebSocketConnection", "EchoHandler", "CLOSE_HANDSHAKE_TIMEOUT_S"]
 
@@ -45,20 +45,6 @@ _OPEN = ConnectionState.OPEN
 # one was sent so less than this ago: then the writer is woken and sends what gathered in one batch.
 EAGER_WRITE_GAP_S = 0.001
 
-
-class _Remainder:
-    """What the kernel did not take of an eagerly sent message: its remaining buffers (views)."""
-
-    __slots__ = ("head", "body", "tail", "size", "cost", "seq", "kind")
-
-    def __init__(self, buffers: list, seq: int) -> None:
-        self.head = buffers[0]
-        self.body = buffers[1] if len(buffers) > 1 else b""
-        self.tail = buffers[2] if len(buffers) > 2 else b""
-        self.size = sum(len(buffer) for buffer in buffers)
-        self.cost = self.size + MESSAGE_OVERHEAD_BYTES
-        self.seq = seq
-        self.kind = ""
 
 CLOSE_HANDSHAKE_TIMEOUT_S = 3.0  # after our close frame, how long we wait for the peer's
 RECV_BUFFER_BYTES = 256 * 1024
@@ -105,6 +91,11 @@ class WebSocketConnection:
         self._wake = trio.Event()
         self._writer_waiting = False
         self._last_eager = -math.inf
+        # What the kernel did not take of an eagerly sent message (its remaining views): the writer
+        # sends it before anything else.  Not in the outbox, which a close or a resync may clear: the
+        # rest of a frame begun on the wire must follow it, or the stream is broken (and a TLSStream
+        # must be handed the same bytes again, as SSL_write requires).
+        self._unsent: Optional[list] = None
         # Made here, not in run(): a close may be decided before run() starts (the session ended
         # while the 101 was on its way) or after its tasks are gone, and either must be harmless.
         self._cancel_scope = trio.CancelScope()
@@ -143,7 +134,8 @@ class WebSocketConnection:
         messages a second per client) then costs no task switch.  Messages that come faster than
         EAGER_WRITE_GAP_S go to the writer, which sends them in batches.  Only in the OPEN state (no
         close frame is pending, so the closing handshake has nothing to count).  What the kernel
-        does not take stays at the head of the queue, for the writer; True if nothing is left."""
+        does not take is left in ``_unsent``, for the writer to send first; True if nothing is left.
+        ``sock`` may be a TLSStream: the same call encrypts (relay/_tls.py)."""
         outbox = self.outbox
         if len(outbox.queue) != 1:
             return False
@@ -160,9 +152,7 @@ class WebSocketConnection:
         left = _advance(buffers, sent)
         if not left:
             return True
-        remainder = _Remainder(left, message.seq)
-        outbox.queue.appendleft(remainder)
-        outbox.queued_bytes += remainder.cost
+        self._unsent = left
         return False
 
     def _arm_close_deadline(self) -> None:
@@ -329,6 +319,9 @@ class WebSocketConnection:
         try:
             while closing.state is not ConnectionState.CLOSED:
                 buffers = []
+                if self._unsent is not None:
+                    buffers.extend(self._unsent)
+                    self._unsent = None
                 if control:
                     closing.control_sent()
                     buffers.extend(control)
@@ -370,7 +363,7 @@ class WebSocketConnection:
                         closing.deadline_expired()
                     self._finish()
                     return
-                if not buffers and not control and not outbox.queue:
+                if not buffers and not control and not outbox.queue and self._unsent is None:
                     self._wake = trio.Event()
                     self._writer_waiting = True
                     await self._wake.wait()

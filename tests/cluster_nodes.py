@@ -45,7 +45,7 @@ def _toml_store(store: str) -> str:
 
 class ClusterNodes:
     def __init__(self, folder: Path, redis_url: str, names=("CB_Server_1", "CB_Server_2", "CB_Server_3"), *,
-                 rf: int = 2, lease_ttl_s: float = 2.0, extra_args=()) -> None:
+                 rf: int = 2, lease_ttl_s: float = 2.0, extra_args=(), private_tls=None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names = list(names)
@@ -53,6 +53,7 @@ class ClusterNodes:
         self.ports = write_cluster_file(self.file, self.names, redis_url, rf=rf, lease_ttl_s=lease_ttl_s)
         self.lease_ttl_s = lease_ttl_s
         self.extra_args = list(extra_args)
+        self.private_tls = private_tls  # an ssl.SSLContext when the private listeners speak TLS
         self.processes: dict = {}
         self.runs: dict = {name: 0 for name in self.names}
 
@@ -100,7 +101,11 @@ class ClusterNodes:
         import http.client
 
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.private(name), timeout=1.0)
+            if self.private_tls is not None:
+                conn = http.client.HTTPSConnection("127.0.0.1", self.private(name), timeout=1.0,
+                                                   context=self.private_tls)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", self.private(name), timeout=1.0)
             conn.request("GET", "/cluster")
             response = conn.getresponse()
             data = response.read()

@@ -54,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--subscriber-port", type=int, default=None,
                         help="relay: the port the subscribers connect to (another node of a cluster: forwarded)")
+    parser.add_argument("--tls-ca", default=None, metavar="FILE",
+                        help="speak https:// and wss://, trusting this CA (benchmarks/tls.py)")
     parser.add_argument("--slaves", type=int, default=4)
     parser.add_argument("--size", type=int, default=1024, help="envelope bytes per (small) message")
     parser.add_argument("--count", type=int, default=10000, help="messages (latejoin: mutations in the history)")

@@ -9,7 +9,7 @@ import asyncio
 import uvloop
 from picows import WSListener, WSMsgType, ws_create_server
 
-from benchmarks.servers._common import MAX_MESSAGE_BYTES, parse_args, ready
+from benchmarks.servers._common import MAX_MESSAGE_BYTES, parse_args, ready, server_ssl_context
 
 
 class Channel:
@@ -87,7 +87,8 @@ async def main(args) -> None:
         role, name = split_path(path)
         return Publisher(name) if role == "pub" else Subscriber(name)
 
-    server = await ws_create_server(factory, args.host, args.port, max_frame_size=MAX_MESSAGE_BYTES)
+    server = await ws_create_server(factory, args.host, args.port, max_frame_size=MAX_MESSAGE_BYTES,
+                                    ssl=server_ssl_context(args))  # (--tls-cert: asyncio's TLS, benchmarks/tls.py)
     ready()
     async with server:
         await server.serve_forever()

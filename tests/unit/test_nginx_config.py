@@ -94,7 +94,23 @@ def test_tls_adds_an_https_listener():
     assert "ssl_certificate /etc/lb/cert.pem;" in text and "ssl_certificate_key /etc/lb/key.pem;" in text
 
 
+def test_sample_1_reaches_the_nodes_over_https_verified_when_asked():
+    text = nginx_config(THREE, upstream_tls=True)
+    assert "Sample 1" in text
+    assert re.findall(r"proxy_pass (\w+)://", text) == ["https"] * 4
+    assert "proxy_ssl_protocols TLSv1.2 TLSv1.3;" in text and "proxy_ssl_verify on;" not in text
+    verified = nginx_config(THREE, upstream_tls=True, upstream_ca="/etc/lb/nodes-ca.pem",
+                            upstream_tls_name="relay-nodes.internal")
+    assert "proxy_ssl_trusted_certificate /etc/lb/nodes-ca.pem;" in verified and "proxy_ssl_verify on;" in verified
+    assert "proxy_ssl_name relay-nodes.internal;" in verified and "proxy_ssl_server_name on;" in verified
+    assert re.findall(r"proxy_pass (\w+)://", nginx_config(THREE)) == ["http"] * 4  # Sample 2, the default
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda: nginx_config(THREE, upstream_ca="/ca.pem", upstream_tls_name="n"), "need upstream_tls"),
+    (lambda: nginx_config(THREE, upstream_tls=True, upstream_ca="/ca.pem"), "needs both the CA and the name"),
+    (lambda: nginx_config(THREE, upstream_tls=True, upstream_ca="/ca.pem", upstream_tls_name="a;b"),
+     "must be a DNS name"),
     (lambda: nginx_config(cluster_of("CB Server")), "cannot be used in an nginx map"),
     (lambda: nginx_config(cluster_of("cb_1", "CB_1")), "differ only in case"),
     (lambda: nginx_config(THREE, cookie_name="gcb-session"), "cannot be an nginx $cookie_ variable"),
