@@ -119,20 +119,27 @@ def start_node():
 
 
 @pytest.fixture(scope="session")
-def browser():
+def playwright():
+    """One Playwright for the whole run: its sync API runs an event loop, and a second one started
+    while the first runs is refused."""
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/system-deps installs Debian's chromium "
                     "(these tests must not be skipped, and must never download a browser)")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                             timeout=LAUNCH_TIMEOUT_MS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                         timeout=LAUNCH_TIMEOUT_MS)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.fixture

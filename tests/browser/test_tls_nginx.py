@@ -42,18 +42,15 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tls_browser(pki):
+def tls_browser(pki, playwright):
     """A Chromium that trusts exactly nginx's key (the test CA is not installed anywhere)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), timeout=LAUNCH_TIMEOUT_MS,
-            args=CHROMIUM_ARGS + [f"--ignore-certificate-errors-spki-list={spki_hash(pki['lb'].cert)}"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), timeout=LAUNCH_TIMEOUT_MS,
+        args=CHROMIUM_ARGS + [f"--ignore-certificate-errors-spki-list={spki_hash(pki['lb'].cert)}"])
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def _context(browser):
