@@ -23,6 +23,7 @@ import tempfile
 from typing import Callable, Optional
 
 import trio
+from real_redis import free_port  # one source of ports, never one handed out twice
 
 __all__ = ["RealNginx", "NginxError", "NGINX", "free_port", "check_nginx_config"]
 
@@ -37,10 +38,6 @@ class NginxError(AssertionError):
     """nginx refused the config or did not come up; the message carries its error.log."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _need_nginx() -> str:

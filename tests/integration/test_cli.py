@@ -12,15 +12,12 @@ import pytest
 
 import relay
 from relay._config import HELP, NO_FLAG, Config, format_default
+from real_redis import free_port  # one source of ports, never one handed out twice
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(*args, timeout=30):
