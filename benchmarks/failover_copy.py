@@ -33,6 +33,7 @@ import json
 import os
 import random
 import resource
+import signal
 import shutil
 import statistics
 import subprocess
@@ -47,6 +48,7 @@ from benchmarks._stats import MIN_RATIO_ROUNDS, format_ratio, paired_ratios, rat
 from benchmarks.loadgen.procstats import machine_cpu_seconds, server_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
+PROFILE_HOOK = ROOT / "benchmarks" / "profile_hook"
 sys.path.insert(0, str(ROOT / "tests"))  # the process harness the tests use
 
 from cluster_nodes import ClusterNodes  # noqa: E402
@@ -121,8 +123,9 @@ def settle(port: int) -> dict:
 class CopyTarget:
     """A 1-node cluster with its own redis-server, the copy on or off."""
 
-    def __init__(self, folder: Path, copy: bool) -> None:
+    def __init__(self, folder: Path, copy: bool, profile: Path | None = None) -> None:
         self.copy = copy
+        self.profile = profile
         self.label = "copy on" if copy else "copy off"
         self.redis = RedisServer(folder / "redis")
         self.folder = folder
@@ -131,9 +134,21 @@ class CopyTarget:
         self.redis.start()
         self.nodes = ClusterNodes(self.folder / "node", self.redis.url, names=("A",), rf=1,
                                   extra_args=NODE_ARGS + ["--failover-copy", "true" if self.copy else "false"])
-        self.nodes.start_all()
+        saved = dict(os.environ)
+        if self.profile is not None:  # benchmarks/profile_hook: this node only runs under cProfile
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROFILE_HOOK), os.environ.get("PYTHONPATH")]))
+            os.environ["RELAY_CPROFILE"] = str(self.profile)
+        try:
+            self.nodes.start_all()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         os.sched_setaffinity(self.nodes.processes["A"].pid, {NODE_CORE})
         return self
+
+    def dump_profile(self) -> None:
+        self.nodes.signal("A", signal.SIGUSR1)
+        time.sleep(1.0)
 
     def __exit__(self, *exc) -> None:
         self.nodes.stop_all()
@@ -206,10 +221,10 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_copy_cost(folder: Path, plan: dict) -> list:
+def measure_copy_cost(folder: Path, plan: dict, profile: Path | None = None, sizes=tuple(SIZES)) -> list:
     rows = []
-    with CopyTarget(folder / "on", True) as on, CopyTarget(folder / "off", False) as off:
-        for size in SIZES:
+    with CopyTarget(folder / "on", True, profile) as on, CopyTarget(folder / "off", False) as off:
+        for size in sizes:
             rounds = {"copy on": [], "copy off": []}
             for index in range(plan["rounds"]):
                 order = [on, off] if index % 2 == 0 else [off, on]
@@ -233,7 +248,27 @@ def measure_copy_cost(folder: Path, plan: dict) -> list:
                          "node_and_redis_cpu_on_over_off": total_ratio,
                          "cost_target": target,
                          "verdict": verdict(ratio, 1.0 - target) if target is not None else None})
+        if profile is not None:
+            on.dump_profile()
     return rows
+
+
+def print_profile(path: Path) -> None:
+    """Where the "copy on" node's time went (cProfile: inflated, but the shares compare)."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    total = stats.total_tt
+    print(f"\nprofile of the 'copy on' node ({path}): {total:.2f} s of profiled CPU; the copy's functions "
+          f"and the Redis client, by cumulative time")
+    rows = []
+    for (filename, line, name), (_cc, calls, tt, ct, _callers) in stats.stats.items():
+        if any(part in filename for part in ("_streamcopy", "_statestore", "coredis")) or name in ("_publish", "_remember"):
+            rows.append((ct, tt, calls, f"{Path(filename).name}:{line} {name}"))
+    rows.sort(reverse=True)
+    print_table("", ["function", "calls", "own s", "cumulative s", "cumulative %"],
+                [[where, f"{calls:,}", f"{tt:.3f}", f"{ct:.3f}", f"{ct / total:.1%}"]
+                 for ct, tt, calls, where in rows[:25]])
 
 
 def check_copy_ran(size: int, rounds: dict) -> None:
@@ -510,7 +545,13 @@ def main(argv: list) -> int:
     parser.add_argument("--kills", type=int, default=None, help="failover samples per mode (default 20; --quick 5)")
     parser.add_argument("--skip-cost", action="store_true", help="the failover only")
     parser.add_argument("--skip-failover", action="store_true", help="the copy's cost only")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the 'copy on' node under cProfile (benchmarks/profile_hook), write its stats to "
+                             "this file and print where the copy's time goes (the figures are then inflated)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                        help="the copy's cost: comma-separated message sizes in bytes")
     args = parser.parse_args(argv)
+    sizes = [int(v) for v in args.sizes.split(",") if v]
     plan = dict(PLANS["quick" if args.quick else "full"])
     if args.rounds is not None:
         plan["rounds"] = max(MIN_RATIO_ROUNDS, args.rounds)
@@ -526,8 +567,10 @@ def main(argv: list) -> int:
         folder = Path(tmp)
         if not args.skip_cost:
             print("the copy's cost: fan-out 1 -> 4, copy on and off in alternating rounds", flush=True)
-            cost = measure_copy_cost(folder / "cost", plan)
+            cost = measure_copy_cost(folder / "cost", plan, args.profile, sizes)
             print_copy_cost(cost)
+            if args.profile is not None:
+                print_profile(args.profile)
         if not args.skip_failover:
             if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
                 print("nginx is not installed (scripts/system-deps): the failover is left out", file=sys.stderr)
