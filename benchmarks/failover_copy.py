@@ -359,6 +359,7 @@ async def one_failover(nodes: ClusterNodes, nginx_port: int, rng: random.Random)
     first_new = [None] * SLAVES  # seconds from the kill to each slave's first message sent after it
     first_new_mutation = [None] * SLAVES
     lost = [0] * SLAVES
+    redelivered = [0] * SLAVES  # bytes of messages sent before the kill that a slave got after it
     repeated = [0] * SLAVES
     all_new = trio.Event()
 
@@ -433,6 +434,8 @@ async def one_failover(nodes: ClusterNodes, nginx_port: int, rng: random.Random)
                     killed_at = state["killed_at"]
                     if killed_at is not None and sent_at > killed_at and first_new[number] is None:
                         first_new[number] = time.monotonic() - killed_at
+                    if killed_at is not None and sent_at <= killed_at and first_new[number] is None:
+                        redelivered[number] += len(envelope.body)
                     if envelope.kind == "snapshot":
                         expected = None
                         continue
@@ -465,7 +468,7 @@ async def one_failover(nodes: ClusterNodes, nginx_port: int, rng: random.Random)
             "first_new_mutation_s": max(first_new_mutation), "master_reconnects": state["reconnects"],
             "resumed": state["resumed"], "resent_bytes": state["resent_bytes"],
             "resent_messages": state["resent_messages"], "snapshots_resent": state["snapshots_resent"],
-            "mutations_lost_per_slave": lost, "mutations_repeated_per_slave": repeated}
+            "mutations_lost_per_slave": lost, "redelivered_bytes_per_slave": redelivered, "mutations_repeated_per_slave": repeated}
 
 
 def measure_failover(folder: Path, copy: bool, kills: int, seed: int) -> dict:
@@ -494,7 +497,8 @@ def measure_failover(folder: Path, copy: bool, kills: int, seed: int) -> dict:
                     await trio.to_thread.run_sync(restart, nodes, sample["killed"])
                     print(f"  {label} kill {len(samples)}: {sample['killed']}: every slave has a new message after "
                           f"{sample['failover_s']:.2f} s; master re-sent {sample['resent_bytes'] / KIB:,.1f} KiB "
-                          f"({sample['resent_messages']} messages, {sample['snapshots_resent']} snapshots); "
+                          f"({sample['resent_messages']} messages, {sample['snapshots_resent']} snapshots), a slave "
+                          f"got {max(sample['redelivered_bytes_per_slave']) / KIB:,.1f} KiB again; "
                           f"lost {sum(sample['mutations_lost_per_slave'])}, "
                           f"repeated {sum(sample['mutations_repeated_per_slave'])}", flush=True)
         trio.run(run)
@@ -502,6 +506,7 @@ def measure_failover(folder: Path, copy: bool, kills: int, seed: int) -> dict:
             "time_s": distribution([s["failover_s"] for s in samples]),
             "first_new_mutation_s": distribution([s["first_new_mutation_s"] for s in samples]),
             "resent_bytes": distribution([s["resent_bytes"] for s in samples]),
+            "redelivered_bytes": distribution([max(s["redelivered_bytes_per_slave"]) for s in samples]),
             "snapshots_resent": sum(s["snapshots_resent"] for s in samples),
             "mutations_lost": sum(sum(s["mutations_lost_per_slave"]) for s in samples),
             "mutations_repeated": sum(sum(s["mutations_repeated_per_slave"]) for s in samples)}
@@ -520,16 +525,19 @@ def distribution(values: list) -> dict:
 
 def print_failover(on: dict, off: dict) -> None:
     def row(result):
-        t, b = result["time_s"], result["resent_bytes"]
+        t, b, r = result["time_s"], result["resent_bytes"], result["redelivered_bytes"]
         return [result and ("copy on" if result["copy"] else "copy off (snapshot + resync)"), result["kills"],
                 f"{t['p50']:.2f}", f"{t['p90']:.2f}", f"{t['max']:.2f}",
                 f"{b['p50'] / KIB:,.1f}", f"{b['p90'] / KIB:,.1f}", f"{b['max'] / KIB:,.1f}",
-                result["snapshots_resent"], result["mutations_lost"], result["mutations_repeated"]]
+                f"{r['p50'] / KIB:,.1f}", f"{r['max'] / KIB:,.1f}", result["snapshots_resent"], result["mutations_lost"], result["mutations_repeated"]]
 
     print_table(f"failover: kill -9 of the host behind nginx (3 nodes, lease_ttl_s {FAILOVER_LEASE_TTL_S}); "
                 f"time to the first new message at every slave, bytes the master sent again",
                 ["failover", "kills", "p50 s", "p90 s", "max s", "re-sent p50 KiB", "p90 KiB", "max KiB",
-                 "snapshots", "lost", "repeated"], [row(on), row(off)])
+                 "slave again p50 KiB", "max KiB", "snapshots", "lost", "repeated"], [row(on), row(off)])
+    print("  re-sent: bytes the master sent again (bodies); slave again: bytes of messages sent before the kill that "
+          "a slave received after it (bodies, the slave that got most); snapshots: snapshots the master sent again; "
+          "lost / repeated: mutations a slave never got / got twice (after a snapshot, none is expected)")
     for key in ("p50", "p90", "max"):
         time_ratio = on["time_s"][key] / off["time_s"][key]
         bytes_ratio = (on["resent_bytes"][key] / off["resent_bytes"][key]) if off["resent_bytes"][key] else float("nan")
