@@ -124,6 +124,7 @@ class CopyTarget:
     """A 1-node cluster with its own redis-server, the copy on or off."""
 
     def __init__(self, folder: Path, copy: bool, profile: Path | None = None) -> None:
+        """``profile``: a folder; the node samples its CPU (benchmarks/profile_hook) into on.json / off.json."""
         self.copy = copy
         self.profile = profile
         self.label = "copy on" if copy else "copy off"
@@ -135,9 +136,9 @@ class CopyTarget:
         self.nodes = ClusterNodes(self.folder / "node", self.redis.url, names=("A",), rf=1,
                                   extra_args=NODE_ARGS + ["--failover-copy", "true" if self.copy else "false"])
         saved = dict(os.environ)
-        if self.profile is not None:  # benchmarks/profile_hook: this node only runs under cProfile
+        if self.profile is not None:  # benchmarks/profile_hook: the node samples its own CPU
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROFILE_HOOK), os.environ.get("PYTHONPATH")]))
-            os.environ["RELAY_CPROFILE"] = str(self.profile)
+            os.environ["RELAY_SAMPLE_PROFILE"] = str(self.profile / ("on.json" if self.copy else "off.json"))
         try:
             self.nodes.start_all()
         finally:
@@ -148,7 +149,7 @@ class CopyTarget:
 
     def dump_profile(self) -> None:
         self.nodes.signal("A", signal.SIGUSR1)
-        time.sleep(1.0)
+        time.sleep(0.5)
 
     def __exit__(self, *exc) -> None:
         self.nodes.stop_all()
@@ -223,7 +224,7 @@ def children_cpu_seconds() -> float:
 
 def measure_copy_cost(folder: Path, plan: dict, profile: Path | None = None, sizes=tuple(SIZES)) -> list:
     rows = []
-    with CopyTarget(folder / "on", True, profile) as on, CopyTarget(folder / "off", False) as off:
+    with CopyTarget(folder / "on", True, profile) as on, CopyTarget(folder / "off", False, profile) as off:
         for size in sizes:
             rounds = {"copy on": [], "copy off": []}
             for index in range(plan["rounds"]):
@@ -250,25 +251,8 @@ def measure_copy_cost(folder: Path, plan: dict, profile: Path | None = None, siz
                          "verdict": verdict(ratio, 1.0 - target) if target is not None else None})
         if profile is not None:
             on.dump_profile()
+            off.dump_profile()
     return rows
-
-
-def print_profile(path: Path) -> None:
-    """Where the "copy on" node's time went (cProfile: inflated, but the shares compare)."""
-    import pstats
-
-    stats = pstats.Stats(str(path))
-    total = stats.total_tt
-    print(f"\nprofile of the 'copy on' node ({path}): {total:.2f} s of profiled CPU; the copy's functions "
-          f"and the Redis client, by cumulative time")
-    rows = []
-    for (filename, line, name), (_cc, calls, tt, ct, _callers) in stats.stats.items():
-        if any(part in filename for part in ("_streamcopy", "_statestore", "coredis")) or name in ("_publish", "_remember"):
-            rows.append((ct, tt, calls, f"{Path(filename).name}:{line} {name}"))
-    rows.sort(reverse=True)
-    print_table("", ["function", "calls", "own s", "cumulative s", "cumulative %"],
-                [[where, f"{calls:,}", f"{tt:.3f}", f"{ct:.3f}", f"{ct / total:.1%}"]
-                 for ct, tt, calls, where in rows[:25]])
 
 
 def check_copy_ran(size: int, rounds: dict) -> None:
@@ -329,6 +313,56 @@ def print_copy_cost(rows: list) -> None:
         if row["cost_target"] is not None:
             print(f"  target: the copy costs at most {row['cost_target']:.0%} at {row['size'] // KIB} KiB "
                   f"(on/off >= {1 - row['cost_target']:.2f}): {row['verdict']}")
+
+
+#: What a sampled stack is counted as: the first rule whose text is in the stack (outermost first).
+PROFILE_CATEGORIES = [
+    ("the copier (relay/_streamcopy.py: plan, items, the Lua and blob calls)", "relay/_streamcopy.py:"),
+    ("the Redis client's own tasks (coredis writer/reader: copy, lease, records)", "coredis/"),
+    ("the cluster node (lease renewals, session records)", "relay/_clusternode.py:"),
+    ("fan-out: reading the master, routing (_reader, on_message, _publish)", "relay/_websocket.py:_reader"),
+    ("fan-out: writing to the slaves and the master (_writer)", "relay/_websocket.py:_writer"),
+    ("HTTP, handshakes, session set-up", "relay/_http.py:"),
+    ("trio's scheduler and I/O wait (epoll)", "trio/_run.py:"),
+]
+
+
+def profile_categories(path: Path) -> tuple:
+    """({category: CPU seconds}, {leaf function: CPU seconds}) of a sampled profile."""
+    data = json.loads(path.read_text())
+    interval = data["interval_s"]
+    categories, leaves = {}, {}
+    for stack, count in data["stacks"].items():
+        name = next((label for label, needle in PROFILE_CATEGORIES if needle in stack), "other")
+        categories[name] = categories.get(name, 0.0) + count * interval
+        leaf = stack.rsplit(";", 1)[-1]
+        leaves[leaf] = leaves.get(leaf, 0.0) + count * interval
+    return categories, leaves
+
+
+def print_profile(folder: Path, rows: list) -> dict:
+    """Where each node's CPU went (sampled), per delivered message, copy on against copy off."""
+    deliveries = {label: sum(r["messages_sent"] * FANOUT_SLAVES for row in rows for r in row["rounds"][label])
+                  for label in ("copy on", "copy off")}
+    on, on_leaves = profile_categories(folder / "on.json")
+    off, off_leaves = profile_categories(folder / "off.json")
+    names = [label for label, _ in PROFILE_CATEGORIES] + ["other"]
+    table = []
+    for name in names + ["all"]:
+        a = sum(on.values()) if name == "all" else on.get(name, 0.0)
+        b = sum(off.values()) if name == "all" else off.get(name, 0.0)
+        per_on, per_off = a / deliveries["copy on"] * 1e6, b / deliveries["copy off"] * 1e6
+        table.append([name, f"{a:.2f}", f"{b:.2f}", f"{per_on:.2f}", f"{per_off:.2f}", f"{per_on - per_off:+.2f}"])
+    print_table(f"where the nodes' CPU went (sampled every {1000 * 0.001:.0f} ms of CPU, the whole run incl. start-up; "
+                f"sizes {', '.join(str(r['size']) for r in rows)})",
+                ["part", "on CPU s", "off CPU s", "on us/dlv", "off us/dlv", "on - off us/dlv"], table)
+    extra = sorted(((on_leaves.get(k, 0.0) / deliveries["copy on"] - off_leaves.get(k, 0.0) / deliveries["copy off"]) * 1e6, k)
+                   for k in set(on_leaves) | set(off_leaves))
+    print_table("the functions the copy adds most to (on - off, CPU per delivered message, where the sample landed)",
+                ["function", "on - off us/dlv", "on CPU s", "off CPU s"],
+                [[k, f"{d:+.3f}", f"{on_leaves.get(k, 0.0):.2f}", f"{off_leaves.get(k, 0.0):.2f}"]
+                 for d, k in reversed(extra[-15:])])
+    return {"deliveries": deliveries, "on": on, "off": off}
 
 
 # ----------------------------------------------------------------------------- failover
@@ -554,8 +588,8 @@ def main(argv: list) -> int:
     parser.add_argument("--skip-cost", action="store_true", help="the failover only")
     parser.add_argument("--skip-failover", action="store_true", help="the copy's cost only")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="run the 'copy on' node under cProfile (benchmarks/profile_hook), write its stats to "
-                             "this file and print where the copy's time goes (the figures are then inflated)")
+                        help="a folder: both nodes sample their CPU (benchmarks/profile_hook) into on.json and "
+                             "off.json, and the run prints where the copy's CPU goes")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
                         help="the copy's cost: comma-separated message sizes in bytes")
     args = parser.parse_args(argv)
@@ -570,7 +604,9 @@ def main(argv: list) -> int:
         return 2
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    cost = failover = None
+    cost = failover = profile = None
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="relay-bench-copy-") as tmp:
         folder = Path(tmp)
         if not args.skip_cost:
@@ -578,7 +614,7 @@ def main(argv: list) -> int:
             cost = measure_copy_cost(folder / "cost", plan, args.profile, sizes)
             print_copy_cost(cost)
             if args.profile is not None:
-                print_profile(args.profile)
+                profile = print_profile(args.profile, cost)
         if not args.skip_failover:
             if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
                 print("nginx is not installed (scripts/system-deps): the failover is left out", file=sys.stderr)
@@ -598,7 +634,7 @@ def main(argv: list) -> int:
                                                     "mutation_interval_s": MUTATION_INTERVAL_S,
                                                     "lease_ttl_s": FAILOVER_LEASE_TTL_S, "slaves": SLAVES,
                                                     "node_args": NODE_ARGS},
-                                       "copy_cost": cost, "failover": failover})
+                                       "copy_cost": cost, "failover": failover, "profile": profile})
     print(f"saved {path}")
     return 0
 
