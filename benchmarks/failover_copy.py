@@ -64,6 +64,7 @@ SNAPSHOT_EVERY_BYTES = 8 * MIB
 COST_TARGETS = {KIB: 0.15, MIB: 0.10}
 NODE_CORE, LOADGEN_CORE = 0, 1
 LOADGEN_TIMEOUT_S = 120.0
+WARMUP_ROUND_S = 0.3  # one untimed round per node before the measured ones
 SETTLE_POLL_S = 0.1  # after a round, until the copy wrote its last batch
 SETTLE_MAX_S = 5.0
 NODE_ARGS = ["--log-level", "warning", "--slave-queue-bytes", str(64 * MIB), "--backlog-bytes", str(32 * MIB),
@@ -147,6 +148,9 @@ class CopyTarget:
         os.sched_setaffinity(self.nodes.processes["A"].pid, {NODE_CORE})
         return self
 
+    def reset_profile(self) -> None:
+        self.nodes.signal("A", signal.SIGUSR2)
+
     def dump_profile(self) -> None:
         self.nodes.signal("A", signal.SIGUSR1)
         time.sleep(0.5)
@@ -225,6 +229,10 @@ def children_cpu_seconds() -> float:
 def measure_copy_cost(folder: Path, plan: dict, profile: Path | None = None, sizes=tuple(SIZES)) -> list:
     rows = []
     with CopyTarget(folder / "on", True, profile) as on, CopyTarget(folder / "off", False, profile) as off:
+        for target in (on, off):  # first imports, first Redis calls, allocator: not in any round
+            target.round(min(sizes), WARMUP_ROUND_S)
+            if profile is not None:
+                target.reset_profile()
         for size in sizes:
             rounds = {"copy on": [], "copy off": []}
             for index in range(plan["rounds"]):
@@ -318,7 +326,8 @@ def print_copy_cost(rows: list) -> None:
 #: What a sampled stack is counted as: the first rule whose text is in the stack (outermost first).
 PROFILE_CATEGORIES = [
     ("the copier (relay/_streamcopy.py: plan, items, the Lua and blob calls)", "relay/_streamcopy.py:"),
-    ("the Redis client's own tasks (coredis writer/reader: copy, lease, records)", "coredis/"),
+    ("the Redis client's own tasks (coredis writer/reader, anyio: copy, lease, records)", "coredis/"),
+    ("anyio (only coredis uses it)", "anyio/"),
     ("the cluster node (lease renewals, session records)", "relay/_clusternode.py:"),
     ("fan-out: reading the master, routing (_reader, on_message, _publish)", "relay/_websocket.py:_reader"),
     ("fan-out: writing to the slaves and the master (_writer)", "relay/_websocket.py:_writer"),
@@ -327,25 +336,32 @@ PROFILE_CATEGORIES = [
 ]
 
 
+COPY_NEEDLES = ("relay/_streamcopy.py:", "coredis/", "anyio/")
+
+
 def profile_categories(path: Path) -> tuple:
     """({category: CPU seconds}, {leaf function: CPU seconds}) of a sampled profile."""
     data = json.loads(path.read_text())
-    interval = data["interval_s"]
-    categories, leaves = {}, {}
+    interval = 1.0 if data.get("unit") == "cpu_s" else data["interval_s"]  # CPU seconds already, or counts
+    categories, leaves, copy_leaves = {}, {}, {}
     for stack, count in data["stacks"].items():
         name = next((label for label, needle in PROFILE_CATEGORIES if needle in stack), "other")
         categories[name] = categories.get(name, 0.0) + count * interval
         leaf = stack.rsplit(";", 1)[-1]
         leaves[leaf] = leaves.get(leaf, 0.0) + count * interval
-    return categories, leaves
+        if any(needle in stack for needle in COPY_NEEDLES):
+            # the last two frames: a C call's time lands on its caller
+            tail = ";".join(stack.rsplit(";", 2)[-2:])
+            copy_leaves[tail] = copy_leaves.get(tail, 0.0) + count * interval
+    return categories, leaves, copy_leaves
 
 
 def print_profile(folder: Path, rows: list) -> dict:
     """Where each node's CPU went (sampled), per delivered message, copy on against copy off."""
     deliveries = {label: sum(r["messages_sent"] * FANOUT_SLAVES for row in rows for r in row["rounds"][label])
                   for label in ("copy on", "copy off")}
-    on, on_leaves = profile_categories(folder / "on.json")
-    off, off_leaves = profile_categories(folder / "off.json")
+    on, on_leaves, on_copy = profile_categories(folder / "on.json")
+    off, off_leaves, _ = profile_categories(folder / "off.json")
     names = [label for label, _ in PROFILE_CATEGORIES] + ["other"]
     table = []
     for name in names + ["all"]:
@@ -353,7 +369,7 @@ def print_profile(folder: Path, rows: list) -> dict:
         b = sum(off.values()) if name == "all" else off.get(name, 0.0)
         per_on, per_off = a / deliveries["copy on"] * 1e6, b / deliveries["copy off"] * 1e6
         table.append([name, f"{a:.2f}", f"{b:.2f}", f"{per_on:.2f}", f"{per_off:.2f}", f"{per_on - per_off:+.2f}"])
-    print_table(f"where the nodes' CPU went (sampled every {1000 * 0.001:.0f} ms of CPU, the whole run incl. start-up; "
+    print_table(f"where the nodes' CPU went (sampled every 1 ms of CPU, every measured round and the settling after it; "
                 f"sizes {', '.join(str(r['size']) for r in rows)})",
                 ["part", "on CPU s", "off CPU s", "on us/dlv", "off us/dlv", "on - off us/dlv"], table)
     extra = sorted(((on_leaves.get(k, 0.0) / deliveries["copy on"] - off_leaves.get(k, 0.0) / deliveries["copy off"]) * 1e6, k)
@@ -362,6 +378,10 @@ def print_profile(folder: Path, rows: list) -> dict:
                 ["function", "on - off us/dlv", "on CPU s", "off CPU s"],
                 [[k, f"{d:+.3f}", f"{on_leaves.get(k, 0.0):.2f}", f"{off_leaves.get(k, 0.0):.2f}"]
                  for d, k in reversed(extra[-15:])])
+    top = sorted(on_copy.items(), key=lambda item: -item[1])[:15]
+    print_table("the 'copy on' node: the copier's and the Redis client's stacks, by their last two frames",
+                ["frames", "CPU s", "us/dlv"],
+                [[k, f"{v:.3f}", f"{v / deliveries['copy on'] * 1e6:.2f}"] for k, v in top])
     return {"deliveries": deliveries, "on": on, "off": off}
 
 
