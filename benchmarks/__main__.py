@@ -26,6 +26,10 @@ SUITES = {
     "cluster": ("benchmarks.cluster",
                 "a cluster of relay nodes with redis-server: the forwarded hop against a direct connection, "
                 "and failover time over 20 kills -9 (--quick: ~1.5 min)"),
+    "failover_copy": ("benchmarks.failover_copy",
+                      "the failover copy (issue 11): fan-out 1 -> 4 with --failover-copy true vs false (throughput, "
+                      "node and Redis CPU), and failover over 20 kills -9 behind nginx with the copy vs snapshot-and-"
+                      "resync (time, bytes re-sent): ~10 min (--quick ~4 min)"),
     "transports": ("benchmarks.transports",
                    "long-polling vs WebSocket for the same traffic (1 KiB mutations, 1 MiB snapshots), "
                    "1 master -> 4 slaves: throughput and p50/p99 latency, ratios (~1 min)"),

@@ -65,6 +65,9 @@ def parse_args(argv=None):
                         help="fanout: bytes in flight (sent, not yet received by every subscriber) at most")
     parser.add_argument("--max-duration-s", type=float, default=3.0,
                         help="fanout: stop sending after this long even if --count is not reached")
+    parser.add_argument("--snapshot-every-bytes", type=int, default=0,
+                        help="fanout: after this many bytes of mutations send the next message as a snapshot "
+                             "(0: mutations only)")
     mixed = parser.add_argument_group("mixed")
     mixed.add_argument("--rate", type=float, default=500.0, help="small messages per second")
     mixed.add_argument("--duration-s", type=float, default=8.0)

@@ -1,6 +1,11 @@
 """``fanout``: ``--count`` messages of ``--size`` bytes from the publisher to ``--slaves`` subscribers,
 as fast as a window of messages in flight allows; latency is from the publisher's send to the last
-subscriber's receive."""
+subscriber's receive.
+
+``--snapshot-every-bytes B``: after every B bytes of mutations the next timed message goes as a
+``snapshot`` of the same size, as a real master's stream does (it answers the relay's backlog
+request with one): a relay's history, and its failover copy in a cluster, then stay bounded.  Those
+snapshots are timed and counted like the mutations."""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from benchmarks.loadgen.latency import latency_summary
 from benchmarks.loadgen.procstats import Server
 from benchmarks.loadgen.readers import SkimReader, drain
 from benchmarks.loadgen.sessions import open_session
-from benchmarks.loadgen.stamp import MUTATION_KIND, STAMP, MaskedStamp, make_template, read_stamp, stamp_from_head
+from benchmarks.loadgen.stamp import (MUTATION_KIND, SNAPSHOT_KIND, STAMP, MaskedStamp, make_template, read_stamp,
+                                      stamp_from_head)
 from benchmarks.loadgen.wire import OP_BINARY, encode_client_frame
 
 MAX_IN_FLIGHT_BYTES = 16 * 1024 * 1024
@@ -28,6 +34,7 @@ MIN_TIMED_MESSAGES = 20  # even past --max-duration-s: enough for a median
 # measure that ramp.  Warm-up: this many bytes per publisher, within these message counts.
 WARMUP_BYTES = 16 * 1024 * 1024
 WARMUP_MESSAGES_MIN, WARMUP_MESSAGES_MAX = 10, 1000
+TIMED_KINDS = (MUTATION_KIND, SNAPSHOT_KIND)  # the initial snapshot carries no stamp: never timed
 
 
 class Fanout:
@@ -42,6 +49,10 @@ class Fanout:
         self.count = args.count + self.warmup
         self.receive_ns = [array.array("q", bytes(8 * self.count)) for _ in range(args.slaves)]
         self.send_ns = array.array("q", bytes(8 * self.count))
+        # Every how many messages one is a snapshot (0: never).
+        every_bytes = getattr(args, "snapshot_every_bytes", 0) or 0
+        self.snapshot_every = max(2, every_bytes // max(args.size, 1) + 1) if every_bytes > 0 else 0
+        self.snapshots_sent = 0
 
     async def subscriber(self, index: int, connection: ClientConnection) -> None:
         skim = self.args.size >= SKIM_FROM_BYTES
@@ -56,7 +67,7 @@ class Fanout:
             now = clock()
             for payload in payloads:
                 stamp = parse(payload)
-                if stamp is None or stamp[0] != MUTATION_KIND:
+                if stamp is None or stamp[0] not in TIMED_KINDS:
                     continue
                 message_index = stamp[2]
                 if message_index != expected:
@@ -68,7 +79,7 @@ class Fanout:
             self.progress.set()
 
     async def publisher(self, connection: ClientConnection, template: bytearray, stamp_offset: int,
-                        done: trio.CancelScope) -> None:
+                        done: trio.CancelScope, snapshot_template: bytearray) -> None:
         send = connection.send_raw
         mask = os.urandom(4)
         window = self.window
@@ -78,10 +89,12 @@ class Fanout:
         sent = 0
         # Large messages: mask the frame once, then patch only the masked stamp for each message
         # (masking and copying megabytes per message would slow the load generator, not the server).
-        frame = patch = None
+        frame = patch = snapshot_frame = None
         if len(template) >= PATCH_FRAME_FROM_BYTES:
             frame = bytearray(encode_client_frame(OP_BINARY, template, mask))
+            snapshot_frame = bytearray(encode_client_frame(OP_BINARY, snapshot_template, mask))
             patch = MaskedStamp(mask, len(frame) - len(template), stamp_offset)
+        every = self.snapshot_every
         for index in range(self.count):
             while index - min(self.received) >= window:
                 if self.progress.is_set():
@@ -93,12 +106,17 @@ class Fanout:
             elif deadline is not None and now > deadline and index >= self.warmup + MIN_TIMED_MESSAGES:
                 break  # a slow server gets fewer messages, not more time
             self.send_ns[index] = now
+            snapshot = every and index % every == every - 1
+            if snapshot:
+                self.snapshots_sent += 1
             if frame is not None:
-                patch.write(frame, now, index)
-                await send(frame)
+                out = snapshot_frame if snapshot else frame
+                patch.write(out, now, index)
+                await send(out)
             else:
-                pack_into(template, stamp_offset, now, index)
-                await send(encode_client_frame(OP_BINARY, template, mask))
+                body = snapshot_template if snapshot else template
+                pack_into(body, stamp_offset, now, index)
+                await send(encode_client_frame(OP_BINARY, body, mask))
             sent = index + 1
         self.count = sent
         while min(self.received) < sent:
@@ -110,6 +128,9 @@ class Fanout:
     async def main(self) -> dict:
         args = self.args
         template, stamp_offset = make_template(args.size)
+        snapshot_template, snapshot_offset = make_template(args.size, SNAPSHOT_KIND)
+        # Same length of kind name: the stamp sits at the same place, and one MaskedStamp serves both.
+        assert (len(snapshot_template), snapshot_offset) == (len(template), stamp_offset)
         server = Server(args.server_pid)
         with trio.fail_after(args.timeout_s):
             publisher, subscribers = await open_session(args, self.slaves,
@@ -122,7 +143,8 @@ class Fanout:
                 async with trio.open_nursery() as work:
                     for index, subscriber in enumerate(subscribers):
                         work.start_soon(self.subscriber, index, subscriber)
-                    work.start_soon(self.publisher, publisher, template, stamp_offset, work.cancel_scope)
+                    work.start_soon(self.publisher, publisher, template, stamp_offset, work.cancel_scope,
+                                    snapshot_template)
                 finished = max(max(times[:self.count]) for times in self.receive_ns)
                 figures = server.figures(self.count, self.count * len(template) * self.slaves)
                 own_cpu = time.process_time() - own_cpu_before
@@ -148,6 +170,7 @@ class Fanout:
             **latency_summary(latencies),
             **figures,
             "out_of_order": self.out_of_order,
+            "snapshots_sent": self.snapshots_sent,
             # Near 1.0: the load generator, not the server, may be what limits the figure.
             "loadgen_cpu_share": own_cpu / ((time.perf_counter_ns() - started) / 1e9),
         }
