@@ -35,6 +35,8 @@ import coredis.exceptions
 import coredis.retry
 import trio
 
+from relay._blobwriter import BlobWriteFailed, BlobWriter
+
 __all__ = ["StateStore", "StoreUnavailable", "SessionFacts", "Claim", "WRITE_OK", "WRITE_RECREATED", "WRITE_LOST",
            "COPY_NO_RECORD", "BLOB_MARKER"]
 
@@ -166,7 +168,8 @@ return 1
 """
 COPY_NO_RECORD = 3
 BLOB_MARKER = b"\xc1"  # msgpack never uses this byte: an item that starts with it names a blob key
-BLOB_CHUNK_BYTES = 1024 * 1024  # a large message goes to Redis, and comes back, this much at a time
+BLOB_CHUNK_BYTES = 1024 * 1024  # a large message comes back from Redis this much at a time
+BLOB_MIN_BYTES_PER_S = 50 * 1024 * 1024  # large writes get this much more time than REDIS_CALL_TIMEOUT_S
 
 
 class StoreUnavailable(Exception):
@@ -214,10 +217,17 @@ class StateStore:
             self._sentinel = coredis.Sentinel(list(sentinels), sentinel_kwargs=timeouts, **timeouts)
             self._client = self._sentinel.primary_for(service, db=db, max_connections=REDIS_MAX_CONNECTIONS)
             self._lease_client = self._sentinel.primary_for(service, db=db, max_connections=1)
+
+            async def primary():
+                return await self._sentinel.discover_primary(service)
         else:
             self._sentinel = None
             self._client = coredis.Redis(host, port, db, **options)
             self._lease_client = coredis.Redis(host, port, db, **dict(options, max_connections=1))
+
+            async def primary():
+                return host, port
+        self._blobs = BlobWriter(primary, db, REDIS_CONNECT_TIMEOUT_S)
         self._scripts = {}
         self._stack: Optional[contextlib.AsyncExitStack] = None
 
@@ -241,6 +251,7 @@ class StateStore:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
+        self._blobs.close()
         await self._stack.__aexit__(*exc_info)
 
     # ------------------------------------------------------------------ keys
@@ -267,7 +278,7 @@ class StateStore:
         try:
             with trio.fail_after(timeout_s):
                 return await awaitable_factory()
-        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError, BlobWriteFailed) as exc:
             if self._metrics is not None:
                 self._metrics.redis_errors.labels(operation).inc()
             raise StoreUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
@@ -349,18 +360,13 @@ class StateStore:
 
     # ------------------------------------------------------------------ the failover copy
 
-    async def write_blob(self, key: str, parts: list, ttl_s: float) -> None:
-        """Write one large message as ``key``, ``BLOB_CHUNK_BYTES`` at a time (one chunk copied out
-        of ``parts`` at a time: coredis takes bytes only), so no second whole copy of the message is
-        ever held here."""
-        async def run():
-            await self._client.delete([key])
-            for part in parts:
-                view = memoryview(part)
-                for start in range(0, len(view), BLOB_CHUNK_BYTES):
-                    await self._client.append(key, bytes(view[start:start + BLOB_CHUNK_BYTES]))
-            await self._client.pexpire(key, int(ttl_s * 1000))
-        await self._call("write_blob", run)
+    async def write_blobs(self, blobs: list, ttl_s: float) -> None:
+        """Write large messages to their own keys: ``blobs`` is [(key, parts)], ``parts`` bytes-like
+        views whose concatenation is the value, sent as they are (relay/_blobwriter.py: no copy
+        in Python), pipelined on a connection of their own."""
+        size = sum(len(part) for _key, parts in blobs for part in parts)
+        timeout_s = REDIS_CALL_TIMEOUT_S + size / BLOB_MIN_BYTES_PER_S
+        await self._call("write_blob", lambda: self._blobs.set_many(blobs, int(ttl_s * 1000)), timeout_s)
 
     async def append_copies(self, host: str, writes: list, ttl_s: float) -> list:
         """Copy batches in one pipeline: ``writes`` is [(session_id, epoch, reset, meta dict, items)];

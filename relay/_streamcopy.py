@@ -40,7 +40,9 @@ log = logging.getLogger("relay.streamcopy")
 
 COPY_BATCH_S = 0.05  # messages gather this long into one pipeline (and one ack per session)
 COPY_RETRY_S = 0.5  # after Redis failed a batch
-COPY_INLINE_BYTES = 256 * 1024  # larger messages are written to their own key, in chunks
+# Larger messages are written to their own key, from their own views (relay/_blobwriter.py); smaller
+# ones go into the script's arguments (coredis copies those, which is cheap at this size).
+COPY_INLINE_BYTES = 32 * 1024
 COPY_ROUND_BYTES = 16 * 1024 * 1024  # one batch writes at most this much; the rest goes in the next
 # What an item costs Redis besides its bytes (a list node, a script argument): counted against the
 # round's budget, so that a flood of tiny messages cannot make one script run for long.
@@ -282,16 +284,18 @@ class StreamCopier:
         for session in drops:
             if await self.store.drop_copy(session.id, self.node, session.epoch):
                 session.copy.drop_pending = False
+        blobs = []
         for session, epoch, reset, messages, meta, waited_since in planned:
             items = []
             for message in messages:
                 if message.size > COPY_INLINE_BYTES:
                     key = self.store.blob_key(session.id, epoch, message.seq)
-                    await self.store.write_blob(key, list(message.envelope()), self.ttl_s)
+                    blobs.append((key, message.envelope()))
                     items.append(BLOB_MARKER + key.encode())
                 else:
                     items.append(encode_item(message))
             writes.append((session.id, epoch, reset, meta, items))
+        await self.store.write_blobs(blobs, self.ttl_s)  # before the items that name them
         if self._pending:
             self._event.set()
         if not writes:
