@@ -9,8 +9,8 @@ slaves resume, the master re-sends only what the copy had not got (docs/protocol
   (relay/_statestore.py ``COPY_APPEND``).  No message waits for Redis before reaching the slaves.
 * **What is copied** is the history itself (the latest snapshot and what followed, the same that
   catch-up serves): a new snapshot replaces the copy, so it is trimmed at each one.  Items are the
-  delivered envelopes; one larger than ``COPY_INLINE_BYTES`` goes to its own key first, a chunk
-  at a time (views of the message: never a second whole copy in memory).
+  delivered envelopes; one larger than ``COPY_INLINE_BYTES`` goes to its own key first, sent from
+  the message's own buffers (relay/_blobwriter.py: never a copy in memory).
 * **Acknowledgements.**  After a batch is in, the master gets one ``ack`` per session (the copy's
   last seq and the master's number as of it): it may forget what it kept up to there.
 * **Bounded lag.**  While Redis is slow or away the copy falls behind.  Past ``copy_lag_bytes`` or
