@@ -200,9 +200,11 @@ class ClusterNode:
             if started > self.fence.valid_until and self.host.sessions:
                 self._stop_hosting("lease lapsed")
             try:
-                # A renewal may take no longer than the interval: a Redis that stopped answering is
-                # noticed, and the peers asked, well before the lease runs out.
-                timeout_s = min(self.renew_interval_s, REDIS_CALL_TIMEOUT_S)
+                # A renewal may take up to half a TTL: a Redis that stopped answering is noticed, and
+                # the peers asked, before the lease runs out, while a renewal that is only slow (a busy
+                # machine) still counts (the fence runs from its start).  Shorter made a loaded node
+                # give its sessions up for nothing (the chaos test, under load).
+                timeout_s = min(self.ttl_s / 2, REDIS_CALL_TIMEOUT_S)
                 result = await self._store.renew_lease(self.me, self.lease(), self.ttl_s, timeout_s)
                 leases = await self._store.leases(list(self.cluster.nodes))
             except StoreUnavailable as exc:
