@@ -22,6 +22,7 @@ from relay._errors import (
     RelayError,
     RemoteProtocolError,
 )
+from relay._resend import ResendWindow
 from relay._ring import Ring
 from relay._server import Listening, serve, serve_echo
 from relay._tickets import TicketAuthorizer, make_join_ticket
@@ -44,6 +45,7 @@ __all__ = [
     "ProtocolError",
     "RelayError",
     "RemoteProtocolError",
+    "ResendWindow",
     "Ring",
     "TicketAuthorizer",
     "fastpath_active",

@@ -7,12 +7,26 @@ generator, a server-side master)::
     created = await client.create_session()
     master = await client.connect(created["session"], created["master_token"])
     await master.send("snapshot", msgpack.packb(b"<html>...</html>"))
+
+Failover that loses nothing (docs/protocol.md section 4b): a master that connects with a
+``ResendWindow`` numbers its stream messages, keeps them until the relay's ``ack``, and after each
+``hello`` sends again what the relay does not hold (``connection.resumed``: the stream continues;
+False: send a fresh snapshot).  ``resume=`` reconnects where a previous connection stopped: a master
+with its window, a slave with ``after``, ``epoch`` and ``master_count``::
+
+    master = await client.connect(session, master_token, window=ResendWindow())
+    if not master.resumed:
+        await master.send("snapshot", page)
+    ...                                              # the connection breaks
+    master = await client.connect(session, master_token, resume=master)   # re-sent already
+    slave = await client.connect(session, slave_token, resume=old_slave)  # exactly what it missed
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from collections import deque
 from typing import Any, Iterable, NamedTuple, Optional
 from urllib.parse import urlencode
 
@@ -36,11 +50,16 @@ from relay._closecodes import CloseCode
 from relay._config import DEFAULT_MAX_MESSAGE_BYTES
 from relay._errors import EnvelopeError, RelayError
 from relay._netio import Broken, Yielder, close_socket, recv, recv_into, send_all, send_buffers
+from relay._resend import ResendWindow
 
 __all__ = ["Client", "ClientConnection", "Envelope", "ConnectionClosed", "HTTPStatusError"]
 
 RECV_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 10.0
+#: Envelopes a window's ``connect`` reads while waiting for the ``hello`` (the relay sends it first).
+MAX_ENVELOPES_BEFORE_HELLO = 16
+#: Re-sent frames per sendmsg call (the kernel refuses more than IOV_MAX, 1024, buffers at once).
+FRAMES_PER_SENDMSG = 512
 
 
 class Envelope(NamedTuple):
@@ -172,18 +191,51 @@ class Client:
         await self._json("DELETE", f"/cobrowse/sessions/{session_id}?{urlencode({'token': master_token})}")
 
     async def connect(self, session_id: str, token: str, *, after: Optional[int] = None, epoch: Optional[int] = None,
+                      master_count: Optional[int] = None, window: Optional[ResendWindow] = None,
+                      resume: Optional["ClientConnection"] = None,
                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, decode: bool = True) -> "ClientConnection":
         """Open the session's WebSocket with a role token (``after`` resumes after that seq).
 
-        ``decode=False``: see ``ClientConnection.open``."""
+        ``window``: this is a master that numbers its messages (docs/protocol.md 4b): ``connect``
+        reads the ``hello`` before it returns (``receive`` still gives it first), sends again what
+        the relay does not hold, and sets ``connection.resumed``.  ``resume``: a previous connection
+        with the same token; a master's goes on with its window, a slave's asks for what came after
+        its last seq (``after``, ``epoch``, ``master_count`` given here win).  ``decode=False``: see
+        ``ClientConnection.open`` (not with a window)."""
+        if resume is not None:
+            if window is None:
+                window = resume.window
+            previous = resume.resume_params()
+            after = previous.get("after") if after is None else after
+            epoch = previous.get("epoch") if epoch is None else epoch
+            master_count = previous.get("master_count") if master_count is None else master_count
+        if window is not None and not decode:
+            raise ValueError("a master with a resend window must decode what it receives (decode=True)")
         query = {"token": token}
         if after is not None:
             query["after"] = str(after)
         if epoch is not None:
             query["epoch"] = str(epoch)
-        return await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
-                                           headers=self._headers(), max_message_bytes=max_message_bytes,
-                                           decode=decode)
+        if master_count is not None:
+            query["master_count"] = str(master_count)
+        connection = await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
+                                                 headers=self._headers(), max_message_bytes=max_message_bytes,
+                                                 decode=decode)
+        if window is not None:
+            connection.window = window
+            try:
+                await connection.wait_for_hello()
+            except BaseException:
+                close_socket(connection.sock)
+                raise
+        return connection
+
+
+def _count_or_none(value) -> Optional[int]:
+    """A non-negative int from a relay body, or None (absent or not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def parse_delivered(payload) -> Envelope:
@@ -205,7 +257,15 @@ def parse_delivered(payload) -> Envelope:
 
 
 class ClientConnection:
-    """A client WebSocket to the relay: masked frames out, envelopes in, pings answered."""
+    """A client WebSocket to the relay: masked frames out, envelopes in, pings answered.
+
+    ``receive`` keeps the protocol's bookkeeping (``role``, ``epoch``, ``hello``; a slave's
+    ``last_seq`` and ``master_count``, for ``resume_params``); with a ``window`` (a numbering master)
+    it also numbers what ``send`` sends, sends again after a ``hello`` what the relay lacks
+    (``resumed``), and forgets what an ``ack`` says the failover copy holds.  Every envelope still
+    reaches the caller (``hello`` and ``ack`` too), except the master's re-sends that a slave resumed
+    across a failover had already applied (``left_out`` counts them).  ``receive_frame`` and
+    ``receive_batch`` skip all of this."""
 
     def __init__(self, sock: socket.socket, leftover: bytes, max_message_bytes: int) -> None:
         self.sock = sock
@@ -216,6 +276,23 @@ class ClientConnection:
         self.close_reason = ""
         self.closed = False
         self._send_lock = trio.Lock()
+        #: A master's numbering and re-send window (``Client.connect(..., window=)``), or None.
+        self.window: Optional[ResendWindow] = None
+        #: The latest ``hello`` body, decoded; ``role`` and ``epoch`` come from it (and resyncs).
+        self.hello: Optional[dict] = None
+        self.role: Optional[str] = None
+        self.epoch: Optional[int] = None
+        #: After the latest hello: the stream continues (a master re-sent what the relay lacked; a
+        #: slave's catch-up is a resume).  False: a master sends a fresh snapshot.
+        self.resumed = False
+        #: A slave's last session-stream seq (None: the next one starts a fresh numbering).
+        self.last_seq: Optional[int] = None
+        #: A slave's count of stream messages stamped "master" (None: the relay did not say).
+        self.master_count: Optional[int] = None
+        #: A slave's master re-sends left out (it had applied them before a failover, 4b).
+        self.left_out = 0
+        self._skip_through: Optional[int] = None
+        self._unreturned: deque[Envelope] = deque()  # read by wait_for_hello, not yet by receive
         #: With ``open(..., decode=False)``: the bytes that came with the handshake response, unparsed.
         self.unread = b""
         if leftover:
@@ -291,15 +368,24 @@ class ClientConnection:
         """Send bytes as they are (tests use this to send malformed frames).  ConnectionClosed
         (1006) when the connection is gone, as ``receive`` says it."""
         async with self._send_lock:
-            try:
-                await send_buffers(self.sock, [data], self.yielder)
-            except Broken as exc:
-                self.closed = True
-                raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
+            await self._send_buffers([data])
+
+    async def _send_buffers(self, buffers: list) -> None:
+        try:
+            await send_buffers(self.sock, buffers, self.yielder)
+        except Broken as exc:
+            self.closed = True
+            raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}") from None
 
     async def send(self, kind: str, body: bytes, *, seq: int = 0) -> None:
-        """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``)."""
-        await self.send_raw(encode_client_frame(OP_BINARY, build_envelope(kind, seq, body)))
+        """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``).
+
+        With a ``window`` (and ``seq`` 0) a stream kind gets the master's next number and is kept
+        for re-sending: numbered under the send lock, so numbers go out in order."""
+        async with self._send_lock:
+            if self.window is not None and seq == 0:
+                seq = self.window.number(kind, body)
+            await self._send_buffers([encode_client_frame(OP_BINARY, build_envelope(kind, seq, body))])
 
     async def send_obj(self, kind: str, obj: Any) -> None:
         """Send one envelope whose body is ``obj`` packed with msgpack."""
@@ -383,9 +469,123 @@ class ClientConnection:
         return payloads
 
     async def receive(self) -> Envelope:
-        """The next envelope from the relay."""
-        _opcode, payload = await self.receive_frame()
-        return parse_delivered(payload)
+        """The next envelope from the relay (its bookkeeping done: see the class).
+
+        A slave that resumed past a failover copy does not get the master's re-sends of messages
+        it already had (docs/protocol.md 4b): they are counted in ``left_out`` instead."""
+        if self._unreturned:
+            return self._unreturned.popleft()
+        while True:
+            _opcode, payload = await self.receive_frame()
+            envelope = parse_delivered(payload)
+            if await self._note(envelope):
+                return envelope
+
+    async def wait_for_hello(self) -> dict:
+        """Read up to the next ``hello`` (the relay sends one first on every connection) and return
+        its body; what was read stays for ``receive`` to return, in order."""
+        read = []
+        try:
+            for _ in range(MAX_ENVELOPES_BEFORE_HELLO):
+                _opcode, payload = await self.receive_frame()
+                envelope = parse_delivered(payload)
+                if not await self._note(envelope):
+                    continue
+                read.append(envelope)
+                if envelope.kind == "hello" and envelope.sender == "":
+                    return self.hello
+        finally:
+            self._unreturned.extend(read)
+        raise EnvelopeError(f"no hello among the relay's first {MAX_ENVELOPES_BEFORE_HELLO} envelopes")
+
+    def resume_params(self) -> dict:
+        """``after``, ``epoch`` and ``master_count`` (those known) to reconnect with and resume."""
+        params = {}
+        if self.role == "slave" and self.last_seq is not None and self.epoch is not None:
+            params["after"] = self.last_seq
+            params["epoch"] = self.epoch
+            if self._applied_count() is not None:
+                params["master_count"] = self._applied_count()
+        return params
+
+    def _applied_count(self) -> Optional[int]:
+        """A slave's count of master messages applied (more than ``master_count`` while re-sends are
+        left out)."""
+        return self._skip_through if self._skip_through is not None else self.master_count
+
+    def _relay_body(self, envelope: Envelope) -> dict:
+        try:
+            body = envelope.decode()
+        except ValueError as exc:
+            raise EnvelopeError(f"the relay's {envelope.kind} body is not msgpack: {exc}") from None
+        if not isinstance(body, dict):
+            raise EnvelopeError(f"the relay's {envelope.kind} body is not a map")
+        return body
+
+    async def _note(self, envelope: Envelope) -> bool:
+        """The bookkeeping of one envelope; False for a re-send this slave leaves out."""
+        kind, seq, sender = envelope.kind, envelope.seq, envelope.sender
+        if sender == "" and seq == 0 and kind in ("hello", "resync", "ack"):
+            body = self._relay_body(envelope)
+            try:
+                if kind == "hello":
+                    await self._note_hello(body)
+                elif kind == "resync":
+                    if isinstance(body.get("epoch"), int):
+                        self.epoch = body["epoch"]
+                    if self.role == "slave":
+                        self.last_seq = None  # what follows replaces the state, numbered afresh
+                        self.master_count = _count_or_none(body.get("master_count"))
+                        self._skip_through = None
+                elif self.window is not None:
+                    self.window.on_ack(body)
+            except ValueError as exc:  # the window refused a bad held
+                raise EnvelopeError(str(exc)) from None
+            return True
+        if seq > 0 and self.role == "slave" and kind not in ("pointer", "control"):
+            if self.last_seq is not None and seq <= self.last_seq:
+                return True  # already seen: counted once
+            self.last_seq = seq
+            if sender == "master" and self.master_count is not None:
+                self.master_count += 1
+                if self._skip_through is not None:
+                    repeat = self.master_count <= self._skip_through
+                    if self.master_count >= self._skip_through:
+                        self._skip_through = None
+                    if repeat:
+                        self.left_out += 1
+                        return False
+        return True
+
+    async def _note_hello(self, body: dict) -> None:
+        self.hello = body
+        self.role = body.get("role")
+        if isinstance(body.get("epoch"), int):
+            self.epoch = body["epoch"]
+        if self.role == "master" and self.window is not None:
+            async with self._send_lock:
+                # Under the lock: nothing new may go out before (or between) the re-sent messages.
+                plan = self.window.on_hello(body)
+                frames = [encode_client_frame(OP_BINARY, build_envelope(m.kind, m.seq, m.body)) for m in plan.resend]
+                for start in range(0, len(frames), FRAMES_PER_SENDMSG):
+                    await self._send_buffers(frames[start:start + FRAMES_PER_SENDMSG])
+            self.resumed = plan.resumed
+        elif self.role == "slave":
+            self.resumed = body.get("catchup") == "resume"
+            if not self.resumed:
+                self.last_seq = None
+            elif _count_or_none(body.get("after")) is not None:
+                # Across epochs the stream continues from the copy's end, maybe below our last seq.
+                self.last_seq = body["after"]
+            count = _count_or_none(body.get("master_count"))
+            applied = self._applied_count()
+            # Resumed from a copy that ends before what we applied: the master's re-sends of what we
+            # have come first, left out until our count is back.
+            behind = self.resumed and count is not None and applied is not None and applied > count
+            self._skip_through = applied if behind else None
+            self.master_count = count
+        else:
+            self.resumed = False
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame, wait briefly for the relay's, and drop the connection."""

@@ -4,7 +4,7 @@
  * same way, docs/demo.md).
  *
  *   const capture = RelayCapture.start({send: (kind, body) => connection.send(kind, body)});
- *   capture.snapshot();              // on every hello and resync
+ *   capture.snapshot();              // on a hello that is not resumed, and on every resync
  *   capture.nodeOf(id)               // the live node a slave's control event names
  *
  * Every node gets a number (the document is 1).  A snapshot is the serialized tree; then

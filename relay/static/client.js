@@ -5,7 +5,7 @@
  * docs/protocol.md.
  *
  *   const master = await RelayClient.create({base: '', chat: false});
- *   master.on('hello', () => master.send('snapshot', document.body.innerHTML));
+ *   master.on('hello', (hello) => { if (!hello.resumed) master.send('snapshot', document.body.innerHTML); });
  *   const slave = await RelayClient.join({base: '', session: master.session, agent: 'agent-7'});
  *   slave.on('message', (kind, seq, body, sender) => show(slave.nameOf(sender), body.text));
  *
@@ -16,6 +16,18 @@
  * and presence; connection.nameOf(sender) turns a stamp into a name to show.  An envelope of 3
  * elements (a relay from before the stamp) is accepted with sender null, which names nobody
  * ("unknown"): it is not "" because that would show a participant's words as the relay's.
+ *
+ * Failover that loses nothing (docs/protocol.md section 4b): a master numbers the stream kinds it
+ * sends (snapshot, mutation, css, navigate, chat) and keeps them until the relay's 'ack' says the
+ * failover copy holds them (option maxKeptBytes, 32 MiB by default: past it the oldest are
+ * dropped).  After each hello it first sends again what the relay does not hold, then what was
+ * queued while disconnected, and sets hello.resumed = true: the stream goes on, send no snapshot.
+ * hello.resumed = false (a first hello, or what was kept cannot continue the stream): send a
+ * snapshot (a slave's hello has resumed = true when its catch-up is a resume).  A slave counts the
+ * master's messages (connection.masterCount) and reconnects with
+ * after=<last seq>&epoch=<epoch>&master_count=<count>, so that it gets exactly what it missed even
+ * from a new host; the master's re-sends of messages it had already applied are left out (no
+ * 'message' event).  Nothing is sent on a connection before its hello: sends wait in the queue.
  */
 (function (root, factory) {
   'use strict';
@@ -458,6 +470,120 @@
   const RESERVED_NAMES = {master: true, relay: true, unknown: true};
   const MAX_DEPARTED_NAMES = 1024; // names of slaves that left, kept for their late messages
 
+  // ---------------------------------------------------------------- numbered master messages
+
+  // The kinds a master numbers (docs/protocol.md 4b): its session-stream messages.
+  const NUMBERED_KINDS = {snapshot: true, mutation: true, css: true, navigate: true, chat: true};
+  const KEPT_MESSAGE_OVERHEAD_BYTES = 64; // what one kept message costs beyond its bytes
+
+  /** The bytes of [kind, seq, body] from a body already encoded (re-numbered without re-encoding). */
+  function envelopeBytes(kind, seq, bodyBytes) {
+    const head = encode(kind);
+    const number = encode(seq);
+    const bytes = new Uint8Array(1 + head.length + number.length + bodyBytes.length);
+    bytes[0] = 0x93;
+    bytes.set(head, 1);
+    bytes.set(number, 1 + head.length);
+    bytes.set(bodyBytes, 1 + head.length + number.length);
+    return bytes;
+  }
+
+  /**
+   * A master's message numbers and what it keeps until the relay acks it: the same rules as
+   * relay/_resend.py (ResendWindow).  Items are {kind, body (encoded), number, seq, bytes}: number
+   * is the message's number (0: not numbered), seq what goes on the wire (0 for the first message
+   * after a fresh start, which the relay numbers held + 1 itself).
+   */
+  class ResendWindow {
+    constructor(maxKeptBytes) {
+      if (!Number.isSafeInteger(maxKeptBytes) || maxKeptBytes < 0) throw new RangeError('maxKeptBytes must be a non-negative integer');
+      this.maxKeptBytes = maxKeptBytes;
+      this.numbering = false; // a hello with "held" was seen (and the last one had it)
+      this.lastNumber = 0;
+      this.unnumberedNext = false; // a fresh start: the next message goes with seq 0
+      this._kept = [];
+      this._head = 0; // this._kept[this._head] is the oldest kept (shifting each one would be O(n))
+      this.keptBytes = 0;
+    }
+
+    get kept() { return this._kept.slice(this._head); }
+
+    get firstKept() { return this._head < this._kept.length ? this._kept[this._head].number : this.lastNumber + 1; }
+
+    /** Give item its number and wire seq (and its bytes); a numbered item is kept. */
+    number(item) {
+      item.number = 0;
+      item.seq = 0;
+      if (this.numbering && NUMBERED_KINDS[item.kind] === true) {
+        item.number = ++this.lastNumber;
+        item.seq = this.unnumberedNext ? 0 : item.number;
+        this.unnumberedNext = false;
+        this._keep(item);
+      }
+      const bytes = envelopeBytes(item.kind, item.seq, item.body);
+      item.body = bytes.subarray(bytes.length - item.body.length); // kept once, inside its envelope
+      item.bytes = bytes;
+      return item.seq;
+    }
+
+    _cost(item) { return item.body.length + item.kind.length + KEPT_MESSAGE_OVERHEAD_BYTES; }
+
+    _keep(item) {
+      this._kept.push(item);
+      this.keptBytes += this._cost(item);
+      while (this.keptBytes > this.maxKeptBytes && this._head < this._kept.length) this._dropOldest();
+    }
+
+    _dropOldest() {
+      this.keptBytes -= this._cost(this._kept[this._head]);
+      this._kept[this._head++] = undefined;
+      if (this._head > 1024 && this._head * 2 > this._kept.length) {
+        this._kept = this._kept.slice(this._head);
+        this._head = 0;
+      }
+    }
+
+    forgetThrough(number) {
+      while (this._head < this._kept.length && this._kept[this._head].number <= number) this._dropOldest();
+    }
+
+    /** The relay's ack {seq, held}: forget what the failover copy holds. */
+    onAck(body) {
+      const held = body ? body.held : undefined;
+      if (!Number.isSafeInteger(held) || held < 0) throw new RelayError('protocol', 'an ack without a valid held: ' + JSON.stringify(held));
+      this.forgetThrough(held);
+    }
+
+    /** A master hello: {resumed, resend: [items above held, in order]} or a fresh start. */
+    onHello(body) {
+      const held = body.held;
+      if (held === undefined || held === null) {
+        this.numbering = false; // a relay from before numbered messages
+        this._startOver(0);
+        return {resumed: false, resend: []};
+      }
+      if (!Number.isSafeInteger(held) || held < 0) throw new RelayError('protocol', 'a hello with a bad held: ' + JSON.stringify(held));
+      if (this.numbering && !this.unnumberedNext && held <= this.lastNumber && this.firstKept <= held + 1) {
+        this.forgetThrough(held);
+        return {resumed: true, resend: this.kept};
+      }
+      // Dropped past the bound, never connected, the relay holds more than we sent, or the fresh
+      // start's snapshot was never sent: what was kept cannot continue the relay's numbering.
+      this.numbering = true;
+      this._startOver(held);
+      this.unnumberedNext = true;
+      return {resumed: false, resend: []};
+    }
+
+    _startOver(held) {
+      this._kept = [];
+      this._head = 0;
+      this.keptBytes = 0;
+      this.lastNumber = held;
+      this.unnumberedNext = false;
+    }
+  }
+
   // ---------------------------------------------------------------- HTTP API
 
   class RelayError extends Error {
@@ -523,6 +649,7 @@
     pollTimeoutMs: 40000, // the relay answers a long-poll GET within poll_wait_s (25 s by default)
     pollBatchBytes: 1024 * 1024, // most envelopes per long-poll POST (the relay takes up to 16 MiB)
     maxPendingBytes: 16 * 1024 * 1024, // sends queued while disconnected
+    maxKeptBytes: 32 * 1024 * 1024, // a master's sent messages kept until acked, to re-send after a failover
   };
 
   // Close codes after which reconnecting cannot help: the relay will say the same again.
@@ -545,7 +672,9 @@
    * body, sender) for every other kind (sender: the relay's stamp, see nameOf; null if the relay
    * did not stamp it), 'error' (RelayError: relay error envelopes and client failures),
    * 'mode' (mode: this slave's mode changed), 'state' (state, transport), 'open' (transport),
-   * 'disconnect' ({code, reason, retryInMs}), 'close' ({code, reason}: final, no reconnect).
+   * 'disconnect' ({code, reason, retryInMs}), 'close' ({code, reason}: final, no reconnect),
+   * 'ack' ({seq, held}: a master's messages up to held are in the failover copy; never a 'message').
+   * The hello body has resumed (true: the stream continues, a master sends no snapshot).
    * Consent (join_policy "approve"): a master gets 'join-request' ({slave, agent}: answer with
    * admit(slave, allow); also for the requests its hello lists as pending) and 'join-withdrawn';
    * a slave has .admitted (false while it waits) and gets 'admitted' once the master let it in;
@@ -571,8 +700,12 @@
       this.epoch = null;
       this.lastSeq = null; // last session-stream seq seen (null: the next message starts fresh)
       this.lastInboxSeq = 0; // master only: pointer/control events are numbered apart
+      this.masterCount = null; // slave only: stream messages stamped "master" so far (null: unknown)
+      this._skipThrough = null; // slave only: master messages up to this count are re-sends it has applied
+      this._window = new ResendWindow(this.options.maxKeptBytes); // numbers only a master's messages
+      this._ready = false; // the current transport's hello was handled: sends may go out
       this._listeners = {};
-      this._pending = []; // encoded envelopes waiting for an open transport
+      this._pending = []; // items ({kind, body, number, seq, bytes}) waiting for a transport's hello
       this._pendingBytes = 0;
       this._generation = 0; // callbacks of superseded transports compare and give up
       this._attempt = 0;
@@ -602,17 +735,22 @@
     /** Send one envelope; queued while (re)connecting.  Returns false if the queue is full. */
     send(kind, body) {
       if (this.state === 'closed') throw new RelayError('closed', 'this connection is closed');
-      const bytes = encodeEnvelope(kind, body);
-      if (this.state === 'open' && this._webSocket) {
-        this._webSocket.send(bytes);
-        return true;
-      }
-      if (this._pendingBytes + bytes.length > this.options.maxPendingBytes) {
+      checkKind(kind);
+      const item = {kind: kind, body: encode(body), number: 0, seq: 0, bytes: null, counted: false};
+      const direct = this._ready && this.state === 'open' && this._webSocket;
+      // Checked before numbering: a numbered message that is then dropped would be a hole.
+      if (!direct && this._pendingBytes + item.body.length + MAX_KIND_BYTES + 10 > this.options.maxPendingBytes) {
         this._emit('error', new RelayError('send-queue-full', 'too much to send while disconnected: ' + kind + ' dropped'));
         return false;
       }
-      this._pending.push(bytes);
-      this._pendingBytes += bytes.length;
+      this._window.number(item); // a master's stream kinds get the next number and are kept
+      if (direct) {
+        this._webSocket.send(item.bytes);
+        return true;
+      }
+      item.counted = true;
+      this._pending.push(item);
+      this._pendingBytes += item.bytes.length;
       this._flushPolling();
       return true;
     }
@@ -682,9 +820,16 @@
 
     _resumeQuery() {
       let query = '?token=' + encodeURIComponent(this.token);
-      if (this.lastSeq !== null && this.epoch !== null) query += '&after=' + this.lastSeq + '&epoch=' + this.epoch;
+      if (this.lastSeq !== null && this.epoch !== null) {
+        query += '&after=' + this.lastSeq + '&epoch=' + this.epoch;
+        const applied = this.role === 'slave' ? this._appliedCount() : null;
+        if (applied !== null) query += '&master_count=' + applied;
+      }
       return query;
     }
+
+    /** A slave's count of master messages applied (more than masterCount while re-sends are left out). */
+    _appliedCount() { return this._skipThrough !== null ? this._skipThrough : this.masterCount; }
 
     _connect() {
       if (this.state === 'closed') return;
@@ -744,19 +889,52 @@
 
     _opened(transport) {
       this._openedAt = Date.now();
-      this.state = 'open';
-      this.transport = transport;
-      // What was queued goes first, before anything the listeners below may send.
-      if (transport === 'websocket') {
+      this._ready = false; // what was queued waits for the hello (a master's numbers depend on it)
+      this._setState('open', transport);
+      this._emit('open', transport);
+    }
+
+    /** After a hello: what the relay lacks goes first, then what was queued, then anything new. */
+    _flushPending() {
+      this._ready = true;
+      if (this.transport === 'websocket' && this._webSocket) {
         const pending = this._pending;
         this._pending = [];
         this._pendingBytes = 0;
-        for (const bytes of pending) this._webSocket.send(bytes);
+        for (const item of pending) {
+          item.counted = false;
+          this._webSocket.send(item.bytes);
+        }
       } else {
         this._flushPolling();
       }
-      this._setState('open', transport);
-      this._emit('open', transport);
+    }
+
+    /** A master's hello: re-send what the relay does not hold, or renumber the queue afresh. */
+    _planAfterHello(body) {
+      const plan = this._window.onHello(body);
+      const held = typeof body.held === 'number' ? body.held : 0;
+      if (plan.resumed) {
+        // Queued items go in the queue's turn (so none is sent twice); those the relay holds
+        // already (a POST whose answer was lost) are left out.
+        const queued = new Set(this._pending);
+        const resend = plan.resend.filter((item) => !queued.has(item));
+        this._pending = resend.concat(this._pending.filter((item) => !(item.number > 0 && item.number <= held)));
+        for (const item of this._pending) {
+          // The fresh start's first message went unnumbered: again, it carries the number it got.
+          if (item.number > 0 && item.seq !== item.number) {
+            item.seq = item.number;
+            item.bytes = envelopeBytes(item.kind, item.seq, item.body);
+            item.body = item.bytes.subarray(item.bytes.length - item.body.length);
+          }
+        }
+      } else {
+        // A fresh start: what was queued gets new numbers (the first numbered one goes with seq 0).
+        for (const item of this._pending) this._window.number(item);
+      }
+      // maxPendingBytes bounds what was queued by send(), not what is sent again.
+      this._pendingBytes = this._pending.reduce((total, item) => total + (item.counted ? item.bytes.length : 0), 0);
+      return plan.resumed;
     }
 
     _lost(code, reason) {
@@ -785,6 +963,7 @@
 
     _stopTransport(code, reason) {
       ++this._generation;
+      this._ready = false;
       if (this._webSocket) {
         try { this._webSocket.close(code, reason); } catch (error) { /* already closing */ }
         this._webSocket = null;
@@ -834,12 +1013,16 @@
         if (generation !== this._generation) return;
         const response = result.response;
         if (response.status === 200) {
+          const opening = first;
           if (first) {
             first = false;
             if (afterWebSocketFailed) this._tryWebSocket = false; // this network passes HTTP only
             this._opened('long-polling');
           }
           this._receive(result.body);
+          // No hello in the first answer: the relay kept our long-poll client (our after was not
+          // behind it), the same connection as far as it is concerned: what was queued may go.
+          if (opening && !this._ready && generation === this._generation && this.state === 'open') this._flushPending();
           continue;
         }
         this._stopTransport();
@@ -868,18 +1051,23 @@
     }
 
     _flushPolling() {
-      if (this._posting || this.state !== 'open' || this.transport !== 'long-polling' || !this._pending.length) return;
+      if (this._posting || !this._ready || this.state !== 'open' || this.transport !== 'long-polling' || !this._pending.length) return;
       const batch = [];
       let size = 0;
-      while (this._pending.length && (!batch.length || size + this._pending[0].length <= this.options.pollBatchBytes)) {
-        const bytes = this._pending.shift();
-        batch.push(bytes);
-        size += bytes.length;
+      let counted = 0;
+      const wasCounted = [];
+      while (this._pending.length && (!batch.length || size + this._pending[0].bytes.length <= this.options.pollBatchBytes)) {
+        const item = this._pending.shift();
+        batch.push(item);
+        size += item.bytes.length;
+        wasCounted.push(item.counted);
+        if (item.counted) counted += item.bytes.length;
+        item.counted = false;
       }
-      this._pendingBytes -= size;
+      this._pendingBytes -= counted;
       const body = new Uint8Array(size);
       let offset = 0;
-      for (const bytes of batch) { body.set(bytes, offset); offset += bytes.length; }
+      for (const item of batch) { body.set(item.bytes, offset); offset += item.bytes.length; }
       this._posting = true;
       const url = apiUrl(this.options.base, '/poll/' + encodeURIComponent(this.session) + '?token=' + encodeURIComponent(this.token));
       this._request(url, {method: 'POST', headers: {'content-type': 'application/msgpack'}, body: body}, this.options.pollTimeoutMs)
@@ -896,8 +1084,9 @@
         }, () => {
           // Not known to be delivered: send again once reconnected (the GET fails too and reconnects).
           this._posting = false;
+          batch.forEach((item, index) => { item.counted = wasCounted[index]; });
           this._pending = batch.concat(this._pending);
-          this._pendingBytes += size;
+          this._pendingBytes += counted;
         });
     }
 
@@ -963,7 +1152,7 @@
 
     _dispatch(kind, seq, body, sender, bodyError) {
       // hello, resync, presence and seq-0 errors are the relay's own: from anyone else, refused.
-      const relayKind = kind === 'hello' || kind === 'resync' || (kind === 'error' && seq === 0);
+      const relayKind = kind === 'hello' || kind === 'resync' || kind === 'ack' || (kind === 'error' && seq === 0);
       if (relayKind && this._notRelay(kind, sender)) return;
       if (bodyError && (relayKind || kind === 'presence')) {
         this._protocolError('undecodable ' + kind + ' from the relay: ' + bodyError.message);
@@ -976,6 +1165,29 @@
         if (body.slave) this.slave = body.slave;
         // Only a resume continues our numbering; otherwise a fresh catch-up follows.
         if (body.catchup !== 'resume') this.lastSeq = null;
+        if (this.role === 'master') {
+          let resumed = false;
+          try {
+            resumed = this._planAfterHello(body);
+          } catch (error) {
+            this._protocolError('a master hello it cannot use: ' + error.message);
+            return;
+          }
+          body.resumed = resumed;
+        } else {
+          body.resumed = body.catchup === 'resume';
+          if (this.role === 'slave') {
+            // Across epochs a resume continues from the failover copy's end, maybe below our seq.
+            if (body.resumed && Number.isSafeInteger(body.after) && body.after >= 0) this.lastSeq = body.after;
+            const count = Number.isSafeInteger(body.master_count) && body.master_count >= 0 ? body.master_count : null;
+            // Resumed from a failover copy that ends before what we applied: the master's re-sends
+            // of what we have come first; leave them out until our count is back (protocol.md 4b).
+            const applied = this._appliedCount();
+            this._skipThrough = body.resumed && count !== null && applied !== null && applied > count ? applied : null;
+            this.masterCount = count;
+          }
+        }
+        this._flushPending(); // before the listeners: what they send comes after
         this._helloParticipants(body);
         const waited = this.admitted === false;
         if (this.role === 'slave') this.admitted = body.admitted !== false;
@@ -990,9 +1202,23 @@
       }
       if (kind === 'resync') {
         // For a slave, what follows replaces its state; for the master it asks for a snapshot.
-        if (this.role === 'slave') this.lastSeq = null;
+        if (this.role === 'slave') {
+          this.lastSeq = null;
+          this.masterCount = body && Number.isSafeInteger(body.master_count) && body.master_count >= 0 ? body.master_count : null;
+          this._skipThrough = null; // what follows replaces the state: nothing of it was applied
+        }
         if (body && typeof body.epoch === 'number') this.epoch = body.epoch;
         this._emit('resync', body);
+        return;
+      }
+      if (kind === 'ack' && seq === 0) {
+        try {
+          this._window.onAck(body);
+        } catch (error) {
+          this._emit('error', error);
+          return;
+        }
+        this._emit('ack', body);
         return;
       }
       if (kind === 'error' && seq === 0) {
@@ -1000,6 +1226,7 @@
         this._emit('error', new RelayError(String(info.code || 'error'), String(info.message || info.code || 'error')));
         return;
       }
+      let repeat = false; // a master re-send this slave applied before a failover
       if (seq > 0) {
         if (this.role === 'master' && (kind === 'pointer' || kind === 'control')) {
           this.lastInboxSeq = seq;
@@ -1013,8 +1240,16 @@
         } else if (this.lastSeq === null || seq > this.lastSeq) {
           // The master does not receive its own messages, so its view of the stream has holes.
           this.lastSeq = seq;
+          if (this.role === 'slave' && sender === MASTER && this.masterCount !== null) {
+            this.masterCount += 1;
+            if (this._skipThrough !== null) {
+              repeat = this.masterCount <= this._skipThrough;
+              if (this.masterCount >= this._skipThrough) this._skipThrough = null;
+            }
+          }
         }
       }
+      if (repeat) return; // counted and its seq seen, never applied twice
       if (kind === 'presence') {
         if (this._notRelay(kind, sender)) return; // after the seq bookkeeping: it was in the stream
         this._notePresence(body);
@@ -1075,6 +1310,7 @@
     join: join,
     connect: connect,
     Connection: Connection,
+    ResendWindow: ResendWindow,
     RelayError: RelayError,
     msgpack: {encode: encode, decode: decode, decodeAll: decodeAll, Ext: Ext, DecodeError: DecodeError},
     encodeEnvelope: encodeEnvelope,

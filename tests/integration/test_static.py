@@ -581,10 +581,11 @@ const noFetch = () => Promise.reject(new Error('no network in this test'));
   assert.strictEqual(sockets.length, 1);
   assert.strictEqual(sockets[0].url, 'ws://relay.test:8700/cobrowse/ws/S%2F1?token=t%26k');
   sockets[0].open();
-  assert.deepStrictEqual(sockets[0].sent, [{kind: 'chat', seq: 0, body: 'early'}]);
+  assert.deepStrictEqual(sockets[0].sent, []); // what was queued waits for the hello
   assert.strictEqual(slave.transport, 'websocket');
   sockets[0].deliver('hello', 0, {role: 'slave', session: 'S/1', epoch: 3, seq: 2, catchup: 'full', chat: false,
                                  slave: 'ab', mode: 'pointer'});
+  assert.deepStrictEqual(sockets[0].sent, [{kind: 'chat', seq: 0, body: 'early'}]);
   assert.deepStrictEqual(Array.from(slave.participants.values()), [{slave: 'ab', agent: 'agent-x', mode: 'pointer'}]);
   assert.strictEqual(slave.nameOf('ab'), 'agent-x');
   sockets[0].deliver('snapshot', 1, '<p>1</p>');
