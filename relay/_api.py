@@ -139,7 +139,7 @@ class Api:
         if cluster is None:
             return Response.json(200, {"node": self.config.node_name, "cluster_name": None,
                                        "sessions_hosted": len(self.host.sessions)})
-        return Response.json(200, cluster.describe())
+        return Response.json(200, await cluster.describe_now())
 
     async def static(self, request: Request) -> Response:
         name, content_type = STATIC_FILES[request.path]

@@ -221,6 +221,9 @@ class Client:
         connection = await ClientConnection.open(self.host, self.port, f"/cobrowse/ws/{session_id}?{urlencode(query)}",
                                                  headers=self._headers(), max_message_bytes=max_message_bytes,
                                                  decode=decode)
+        if resume is not None:
+            connection._continue_from(resume)
+            resume.superseded = True  # its window numbers for this connection from now on
         if window is not None:
             connection.window = window
             try:
@@ -293,6 +296,9 @@ class ClientConnection:
         self.left_out = 0
         self._skip_through: Optional[int] = None
         self._unreturned: deque[Envelope] = deque()  # read by wait_for_hello, not yet by receive
+        #: A newer connection resumed this one (``connect(resume=)``): ``send`` refuses, so that its
+        #: window never numbers a message that no connection would send.
+        self.superseded = False
         #: With ``open(..., decode=False)``: the bytes that came with the handshake response, unparsed.
         self.unread = b""
         if leftover:
@@ -381,7 +387,11 @@ class ClientConnection:
         """Send one envelope; ``body`` is already-packed msgpack (e.g. ``msgpack.packb(x)``).
 
         With a ``window`` (and ``seq`` 0) a stream kind gets the master's next number and is kept
-        for re-sending: numbered under the send lock, so numbers go out in order."""
+        for re-sending: numbered under the send lock, so numbers go out in order.  A kept message
+        whose send raises ``ConnectionClosed`` goes again after the reconnect's hello
+        (``connect(..., resume=this)``): do not send it again yourself."""
+        if self.superseded:
+            raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, "superseded by a connection that resumed it")
         async with self._send_lock:
             if self.window is not None and seq == 0:
                 seq = self.window.number(kind, body)
@@ -507,6 +517,13 @@ class ClientConnection:
             if self._applied_count() is not None:
                 params["master_count"] = self._applied_count()
         return params
+
+    def _continue_from(self, previous: "ClientConnection") -> None:
+        """Take over a previous connection's bookkeeping: this one resumes where it stopped (the
+        next hello compares its counts with it)."""
+        self.role, self.epoch = previous.role, previous.epoch
+        self.last_seq, self.master_count = previous.last_seq, previous.master_count
+        self._skip_through, self.left_out = previous._skip_through, previous.left_out
 
     def _applied_count(self) -> Optional[int]:
         """A slave's count of master messages applied (more than ``master_count`` while re-sends are

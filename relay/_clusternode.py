@@ -46,7 +46,7 @@ from relay._host import SESSION_ID_BYTES
 from relay._logging import log_event
 from relay._netio import Broken, Yielder, close_socket, recv, send_all
 from relay._session import Session
-from relay._statestore import WRITE_LOST, WRITE_RECREATED, StateStore, StoreUnavailable
+from relay._statestore import REDIS_CALL_TIMEOUT_S, WRITE_LOST, WRITE_RECREATED, StateStore, StoreUnavailable
 from relay._streamcopy import StreamCopier, end_lost, load_stream, stream_meta
 
 __all__ = ["ClusterNode", "ClusterRefused", "Forward", "query_peer"]
@@ -59,6 +59,11 @@ PUBLISH_RETRY_S = 0.5  # after a failed write
 SESSION_RECORD_TTL_S = 300.0  # a session's record outlives its host by this, refreshed while hosted
 RECORD_REFRESH_S = 60.0
 PEER_QUERY_TIMEOUT_S = 0.5
+# A peer asked whether it reaches Redis pings it now, this long at most (its own flag may be up to a
+# renewal old: it must not say "ok" for a Redis that stopped answering a moment ago), and answers
+# from that ping for PEER_PING_REUSE_S (every node asks at once when Redis stops).
+PEER_PING_TIMEOUT_S = 0.3
+PEER_PING_REUSE_S = 0.1
 PEER_ANSWER_BYTES = 1024 * 1024
 STORE_RETRY_AFTER_S = 1  # Retry-After of a 503 while Redis is unreachable
 STORE_UNREACHABLE = "the cluster's state store cannot be reached; retry"
@@ -103,6 +108,7 @@ class ClusterNode:
         self._store: Optional[StateStore] = None
         self.copier: Optional[StreamCopier] = None
         self.degraded = False  # Redis down for every live peer too: the fence is extended
+        self._pinged: tuple = (-math.inf, False)  # (when, reached): the last ping for a peer's question
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,7 +193,10 @@ class ClusterNode:
             if started > self.fence.valid_until and self.host.sessions:
                 self._stop_hosting("lease lapsed")
             try:
-                result = await self._store.renew_lease(self.me, self.lease(), self.ttl_s)
+                # A renewal may take no longer than the interval: a Redis that stopped answering is
+                # noticed, and the peers asked, well before the lease runs out.
+                timeout_s = min(self.renew_interval_s, REDIS_CALL_TIMEOUT_S)
+                result = await self._store.renew_lease(self.me, self.lease(), self.ttl_s, timeout_s)
                 leases = await self._store.leases(list(self.cluster.nodes))
             except StoreUnavailable as exc:
                 self.metrics.lease_renewals.labels("failed").inc()
@@ -454,6 +463,21 @@ class ClusterNode:
         return Forward(node, self.cluster.nodes[node].private)
 
     # ------------------------------------------------------------------ the node's view
+
+    async def describe_now(self) -> dict:
+        """``describe()``, with whether Redis answers *now* (a ping, reused for PEER_PING_REUSE_S)."""
+        view = self.describe()
+        when, reached = self._pinged
+        now = trio.current_time()
+        if now - when > PEER_PING_REUSE_S and self._store is not None:
+            try:
+                await self._store.ping(PEER_PING_TIMEOUT_S)
+                reached = True
+            except StoreUnavailable:
+                reached = False
+            self._pinged = (trio.current_time(), reached)
+        view["state_store"] = "ok" if reached and self.store_ok else "unreachable"
+        return view
 
     def describe(self) -> dict:
         return {

@@ -254,25 +254,25 @@ class StateStore:
 
     # ------------------------------------------------------------------ calls
 
-    async def _call(self, operation: str, awaitable_factory):
+    async def _call(self, operation: str, awaitable_factory, timeout_s: float = REDIS_CALL_TIMEOUT_S):
         if self._metrics is not None:
             self._metrics.redis_calls.labels(operation).inc()
         try:
-            with trio.fail_after(REDIS_CALL_TIMEOUT_S):
+            with trio.fail_after(timeout_s):
                 return await awaitable_factory()
         except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
             if self._metrics is not None:
                 self._metrics.redis_errors.labels(operation).inc()
             raise StoreUnavailable(f"redis {operation}: {type(exc).__name__}: {exc}") from None
 
-    async def ping(self) -> None:
-        await self._call("ping", self._client.ping)
+    async def ping(self, timeout_s: float = REDIS_CALL_TIMEOUT_S) -> None:
+        await self._call("ping", self._client.ping, timeout_s)
 
-    async def renew_lease(self, node: str, lease: dict, ttl_s: float) -> int:
+    async def renew_lease(self, node: str, lease: dict, ttl_s: float, timeout_s: float = REDIS_CALL_TIMEOUT_S) -> int:
         """1 renewed, 2 taken again after it lapsed, 0 held by another process with this name."""
         value = json.dumps(lease, separators=(",", ":"))
         return int(await self._call("renew_lease", lambda: self._scripts["renew_lease"](
-            keys=[self.lease_key(node)], args=[value, int(ttl_s * 1000), lease["instance"]])))
+            keys=[self.lease_key(node)], args=[value, int(ttl_s * 1000), lease["instance"]]), timeout_s))
 
     async def drop_lease(self, node: str, instance: str) -> None:
         """Give the lease up at shutdown (only our own instance's), so that takeovers need not wait."""

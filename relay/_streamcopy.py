@@ -263,9 +263,9 @@ class StreamCopier:
         for session in sessions:
             if session.ended or session.copy is None:
                 continue
-            if session.copy.drop_pending:
-                drops.append(session)
             plan = self._plan(session, now, max(budget, 1))
+            if session.copy.drop_pending:  # given up now or before: its copy must go
+                drops.append(session)
             if plan is None:
                 continue
             reset, messages, meta = plan

@@ -316,3 +316,30 @@ def cluster_name(cluster: ClusterNodes) -> str:
     import tomllib
 
     return tomllib.loads(cluster.file.read_text())["cluster_name"]
+
+
+async def test_while_redis_is_away_the_session_flows_acks_stop_and_the_copy_catches_up_after(cluster, redis):
+    a, _b, _c = cluster.names
+    with trio.fail_after(BUDGET_S):
+        created, master = await start_session(cluster, a)
+        session_id = created["session"]
+        slave = await add_slave(cluster, a, session_id)
+        await master.send("snapshot", "v1")
+        await master.drain_acks(1)
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            for n in range(30):  # 3 s without Redis, past the lease TTL: every node is cut off alike
+                await master.send("mutation", n)
+                await trio.sleep(0.1)
+            await slave.read_until(master.page)  # the fan-out never waited
+            assert master.acked == 1  # no ack while the copy cannot advance
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        await master.drain_acks(master.number)  # the copy caught up once Redis answered
+        assert not master.kept
+        async with StateStore(cluster_name(cluster), port=redis.port) as store:
+            meta, items = await store.load_copy(session_id)
+        envelopes = [msgpack.unpackb(item) for item in items]
+        assert meta["held"] == master.number and envelopes[-1][1] == meta["seq"]
+        assert envelopes[0][0] == "snapshot" and [e[1] for e in envelopes] == list(range(envelopes[0][1], meta["seq"] + 1))
+        assert metric(cluster, a, "relay_copy_fallbacks_total") == 0

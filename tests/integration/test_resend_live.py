@@ -82,7 +82,9 @@ async def test_a_master_that_loses_its_connection_mid_stream_re_sends_and_slaves
             reset(master)
             with pytest.raises(ConnectionClosed):
                 await master.send("mutation", mutation(BURST + 2))
-            master = await client.connect(session, token, resume=master)
+            broken, master = master, await client.connect(session, token, resume=master)
+            with pytest.raises(ConnectionClosed, match="superseded"):
+                await broken.send("mutation", mutation(0))  # would number a message nobody sends
             held = master.hello["held"]
             assert master.resumed is True and held <= BURST + 1  # the snapshot was 1: the lost two are above
             assert master.window.last_number == BURST + 3

@@ -423,3 +423,26 @@ async def test_a_slave_resumed_past_the_copy_leaves_out_the_re_sends_it_had_appl
         assert connection.left_out == 2 and connection.master_count == 3
         connection.sock.close()
         relay.sock.close()
+
+
+async def test_a_new_connection_that_resumes_a_previous_one_continues_its_counts():
+    with trio.fail_after(TIMEOUT_S):
+        before, relay_before = await pair()
+        hello = {"role": "slave", "session": "s", "epoch": 1, "seq": 0, "catchup": "full", "mode": "pointer",
+                 "slave": "ab", "master_count": 0}
+        await relay_before.write_bytewise(server_frame("hello", 0, hello, ""),
+                                          *[server_frame("mutation", n, n, "master") for n in range(1, 4)])
+        for _ in range(4):
+            await before.receive()
+        after, relay_after = await pair()
+        after._continue_from(before)  # what Client.connect(..., resume=before) does
+        assert after.resume_params() == {"after": 3, "epoch": 1, "master_count": 3}
+        await relay_after.write_bytewise(
+            server_frame("hello", 0, dict(hello, epoch=2, catchup="resume", after=1, master_count=1), ""),
+            *[server_frame("mutation", n, n, "master") for n in range(2, 5)])
+        await after.receive()
+        fresh = await after.receive()
+        assert (fresh.seq, fresh.decode()) == (4, 4) and after.left_out == 2
+        for connection, relay in ((before, relay_before), (after, relay_after)):
+            connection.sock.close()
+            relay.sock.close()
