@@ -73,6 +73,7 @@ BACK_TIMEOUT_S = 30.0  # kill to every client of the killed host's sessions back
 CONVERGE_TIMEOUT_S = 30.0  # masters paused to every slave's digest equal to its master's
 POLL_S = 0.05
 TRACE_LENGTH = 40  # envelopes a slave remembers for a failure's details
+TRACE_IN_HELLO = 6  # of them, kept with each hello (what came just before it)
 #: Statuses a client may get while its session moves (nginx's upstream errors, the nodes' "not yet").
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 #: Close codes that end a client for good: none of them may happen here.
@@ -157,6 +158,7 @@ class Config:
     kill_gap_s: tuple = DEFAULT_KILL_GAP_S
     restart_after_s: tuple = DEFAULT_RESTART_AFTER_S
     folder: Optional[str] = None  # keep the files there (else a temporary folder, removed)
+    failover_copy: bool = True  # False: the nodes run without the copy (every takeover starts an empty stream)
 
 
 class Run:
@@ -358,6 +360,7 @@ class Slave:
         self.kill_mark: Optional[tuple] = None  # (kill time, epoch before the kill): waiting for a new message
         self.first_new_message_s: Optional[float] = None
         self.trace: deque = deque(maxlen=TRACE_LENGTH)  # what it received last, for a failure's details
+        self.asked: dict = {}  # the resume parameters of the latest connect (after, epoch, master_count)
 
     async def join(self) -> None:
         joined = await self.browser.post(f"/cobrowse/sessions/{self.master.session}/join", {"agent": self.name})
@@ -371,7 +374,7 @@ class Slave:
                 f"; received (epoch, seq, kind, sender, master uid, client's master_count, left_out, skip_through): {list(self.trace)}")
 
     def _replace_state(self) -> None:
-        if self.hellos and (self.digest is not None or self.applied):
+        if self.digest is not None:  # a page to replace (a resync hello and its resync count once)
             self.replaced += 1
         self.digest = None
         self.last_uid = None
@@ -383,7 +386,8 @@ class Slave:
                            connection.left_out, connection._skip_through))
         if sender == "" and seq == 0 and kind == "hello":
             body = connection.hello
-            self.hellos.append(Hello(time.monotonic(), connection.epoch, body.get("catchup") == "resume", dict(body)))
+            detail = dict(body, asked=self.asked, trace=list(self.trace)[-TRACE_IN_HELLO:])
+            self.hellos.append(Hello(time.monotonic(), connection.epoch, body.get("catchup") == "resume", detail))
             if body.get("catchup") != "resume":
                 self._replace_state()
                 self.last_seq.pop(connection.epoch, None)  # a full catch-up replays the history
@@ -423,6 +427,7 @@ class Slave:
         while not self.run.stopping:
             try:
                 options = {"resume": self.connection} if self.connection is not None else {}
+                self.asked = self.connection.resume_params() if self.connection is not None else {}
                 connection = await self.browser.connect(self.master.session, self.token, **options)
             except HTTPStatusError as exc:
                 if exc.status not in RETRYABLE_STATUSES:
@@ -609,11 +614,12 @@ class Chaos:
             "masters_resumed": 0, "snapshots_resent": 0, "resent_messages": 0, "resent_bytes": 0,
             "full_snapshot_bytes": full_bytes, "slaves_resumed": 0, "slaves_replaced": 0,
             "first_message_s": [], "back_s": round(back_s, 3), "converge_s": round(converge_s, 3),
-            "master_hellos": [], "slave_catchups": [],
+            "master_hellos": [], "slave_catchups": [], "slave_hellos_not_resumed": [],
         }
         for s in affected:
             m = s.master
             messages, nbytes, snapshots, hello_count = masters_before[m.name]
+            hello_count_m = hello_count
             new_hellos = m.hellos[hello_count:]
             record["masters_resumed"] += sum(1 for h in new_hellos if h.continued)
             record["master_hellos"] += [{"epoch": h.epoch, "resumed": h.continued, "held": h.detail.get("held")}
@@ -626,6 +632,12 @@ class Chaos:
                 new_hellos = slave.hellos[hello_count:]
                 record["slaves_resumed"] += sum(1 for h in new_hellos if h.continued)
                 record["slave_catchups"] += [h.detail.get("catchup") for h in new_hellos]
+                record["slave_hellos_not_resumed"] += [
+                    {"slave": slave.name, "after_kill_s": round(h.at - killed_at, 3),
+                     "master_hellos_after_kill_s": [round(mh.at - killed_at, 3) for mh in m.hellos[hello_count_m:]],
+                     **{key: h.detail.get(key) for key in ("epoch", "catchup", "after", "master_count", "asked",
+                                                           "trace")}}
+                    for h in new_hellos if not h.continued]
                 record["slaves_replaced"] += slave.replaced - replaced
                 record["first_message_s"].append(round(slave.first_new_message_s, 3))
         return record
@@ -669,7 +681,8 @@ class Chaos:
     async def main(self, folder: Path) -> dict:
         with RedisServer(folder / "redis") as redis, \
                 ClusterNodes(folder / "nodes", redis.url, lease_ttl_s=LEASE_TTL_S,
-                             extra_args=["--trusted-proxies", "127.0.0.1"]) as cluster:
+                             extra_args=["--trusted-proxies", "127.0.0.1",
+                                         "--failover-copy", "true" if self.config.failover_copy else "false"]) as cluster:
             self.cluster = cluster
             await trio.to_thread.run_sync(cluster.start_all)
             async with RealNginx.running(lambda port, directory: nginx_conf(cluster, port, directory)) as nginx:
@@ -720,7 +733,7 @@ class Chaos:
             "failures": list(self.run.failures),
             "config": {"seconds": self.config.seconds, "sessions": self.config.sessions, "slaves": self.config.slaves,
                        "seed": self.config.seed, "mutations_per_s": self.config.mutations_per_s,
-                       "snapshot_every_s": self.config.snapshot_every_s},
+                       "snapshot_every_s": self.config.snapshot_every_s, "failover_copy": self.config.failover_copy},
             "elapsed_s": round(time.monotonic() - self.run.started, 1),
             "kills": len(kills),
             **total,
@@ -803,6 +816,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=DEFAULT_MUTATIONS_PER_S, help="mutations per second per session")
     parser.add_argument("--snapshot-every-s", type=float, default=DEFAULT_SNAPSHOT_EVERY_S,
                         help="a master's new snapshot about this often (0: only the first)")
+    parser.add_argument("--no-copy", action="store_true",
+                        help="run the nodes without the failover copy (the baseline: every takeover starts afresh)")
     parser.add_argument("--folder", default=None, help="keep the run's files (logs) in this folder")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the summary and every kill's record")
     args = parser.parse_args(argv)
@@ -811,7 +826,8 @@ def main(argv=None) -> int:
     seed = args.seed if args.seed is not None else int(time.time())
     print(f"seed {seed}")
     config = Config(seconds=args.seconds, sessions=args.sessions, slaves=args.slaves, seed=seed, kills=args.kills,
-                    mutations_per_s=args.rate, snapshot_every_s=args.snapshot_every_s, folder=args.folder)
+                    mutations_per_s=args.rate, snapshot_every_s=args.snapshot_every_s, folder=args.folder,
+                    failover_copy=not args.no_copy)
     summary = trio.run(chaos, config)
     print(format_summary(summary))
     if not summary["ok"] and "node_logs" in summary:
