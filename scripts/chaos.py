@@ -601,12 +601,14 @@ class Chaos:
         await self.wait_until(BACK_TIMEOUT_S - (time.monotonic() - killed_at), back, not_back)
         back_s = time.monotonic() - killed_at
         converge_s = await self.converge()
+        now_hosts = self.hosts()
         after = await self.counters(list(self.cluster.processes))
         delta = {counter: sum(after[name][counter] - before.get(name, {}).get(counter, 0.0) for name in after)
                  for counter in COUNTERS}
         record = {
             "kill": index, "node": node, "at_s": round(killed_at - self.run.started, 2),
             "restart_after_s": round(restart_after, 2), "sessions": len(affected),
+            "new_hosts": [now_hosts.get(s.master.session, ("?",))[0] for s in affected],
             "takeovers": int(delta["relay_takeovers_total"]),
             "takeovers_from_copy": int(delta["relay_takeovers_from_copy_total"]),
             "repeats_dropped": int(delta["relay_repeats_dropped_total"]),
