@@ -356,6 +356,9 @@ class Slave:
         self.applied = 0
         self.applied_bytes = 0
         self.replaced = 0  # states replaced after the first (a resync or a hello that is not a resume)
+        self.replaced_at_uid: Optional[int] = None  # the last message applied before the state was replaced
+        self.snapshots_again = 0  # replaced states that started again from a snapshot this slave had had
+        self.replaced_by_newer = 0  # replaced states that started from a snapshot it had not had yet
         self.left_out = 0  # master re-sends the client left out (already applied before a failover)
         self.kill_mark: Optional[tuple] = None  # (kill time, epoch before the kill): waiting for a new message
         self.first_new_message_s: Optional[float] = None
@@ -376,6 +379,7 @@ class Slave:
     def _replace_state(self) -> None:
         if self.digest is not None:  # a page to replace (a resync hello and its resync count once)
             self.replaced += 1
+            self.replaced_at_uid = self.last_uid
         self.digest = None
         self.last_uid = None
 
@@ -415,6 +419,14 @@ class Slave:
             raise ChaosFailure(f"{self.name}: mutation {uid} (seq {seq}) extends page "
                                f"{message['prev'].hex() if message['prev'] else None}, not this slave's: a message "
                                f"before it was lost, or applied out of order; {self.where()}")
+        if self.replaced_at_uid is not None:
+            # The first message after a replaced state: a snapshot it had had already (sent again for
+            # nothing), or a newer one (the master's new snapshot was in the way of a resume).
+            if uid <= self.replaced_at_uid:
+                self.snapshots_again += 1
+            else:
+                self.replaced_by_newer += 1
+            self.replaced_at_uid = None
         self.digest = page_digest(self.digest, kind, body)
         self.last_uid = uid
         self.applied += 1
@@ -573,7 +585,8 @@ class Chaos:
         before = await self.counters(survivors)
         masters_before = {s.master.name: (s.master.resent_messages, s.master.resent_bytes, s.master.snapshots_resent,
                                           len(s.master.hellos)) for s in affected}
-        slaves_before = {slave.name: (len(slave.hellos), slave.replaced) for s in affected for slave in s.slaves}
+        slaves_before = {slave.name: (len(slave.hellos), slave.replaced, slave.snapshots_again)
+                         for s in affected for slave in s.slaves}
         full_bytes = sum(s.master.snapshot_bytes for s in affected)
         killed_at = time.monotonic()
         for s in affected:
@@ -614,7 +627,7 @@ class Chaos:
             "repeats_dropped": int(delta["relay_repeats_dropped_total"]),
             "number_gaps": int(delta["relay_number_gaps_total"]),
             "masters_resumed": 0, "snapshots_resent": 0, "resent_messages": 0, "resent_bytes": 0,
-            "full_snapshot_bytes": full_bytes, "slaves_resumed": 0, "slaves_replaced": 0,
+            "full_snapshot_bytes": full_bytes, "slaves_resumed": 0, "slaves_replaced": 0, "slave_snapshots_again": 0,
             "first_message_s": [], "back_s": round(back_s, 3), "converge_s": round(converge_s, 3),
             "master_hellos": [], "slave_catchups": [], "slave_hellos_not_resumed": [],
         }
@@ -630,7 +643,8 @@ class Chaos:
             record["resent_messages"] += m.resent_messages - messages
             record["resent_bytes"] += m.resent_bytes - nbytes
             for slave in s.slaves:
-                hello_count, replaced = slaves_before[slave.name]
+                hello_count, replaced, again = slaves_before[slave.name]
+                record["slave_snapshots_again"] += slave.snapshots_again - again
                 new_hellos = slave.hellos[hello_count:]
                 record["slaves_resumed"] += sum(1 for h in new_hellos if h.continued)
                 record["slave_catchups"] += [h.detail.get("catchup") for h in new_hellos]
@@ -726,7 +740,8 @@ class Chaos:
         first = [s for k in kills for s in k["first_message_s"]]
         total = {key: sum(k[key] for k in kills) for key in (
             "takeovers", "takeovers_from_copy", "masters_resumed", "snapshots_resent", "resent_messages",
-            "resent_bytes", "full_snapshot_bytes", "slaves_resumed", "slaves_replaced", "repeats_dropped",
+            "resent_bytes", "full_snapshot_bytes", "slaves_resumed", "slaves_replaced", "slave_snapshots_again",
+            "repeats_dropped",
             "number_gaps")}
         masters = [s.master for s in self.sessions]
         slaves = [slave for s in self.sessions for slave in s.slaves]
@@ -749,6 +764,7 @@ class Chaos:
             "snapshots_resent_bytes": sum(m.snapshots_resent_bytes for m in masters),
             "messages_applied": sum(slave.applied for slave in slaves),
             "left_out": sum(slave.left_out for slave in slaves),
+            "replaced_by_newer_snapshot": sum(slave.replaced_by_newer for slave in slaves),
             "per_kill": kills,
         }
 
@@ -793,7 +809,8 @@ def format_summary(summary: dict) -> str:
         f"  takeovers {summary['takeovers']}, from the copy {summary['takeovers_from_copy']}",
         f"  masters resumed (full snapshots avoided) {summary['full_snapshots_avoided']}, snapshots re-sent "
         f"{summary['snapshots_resent']}; slaves resumed {summary['slaves_resumed']}, states replaced "
-        f"{summary['slaves_replaced']}",
+        f"{summary['slaves_replaced']} (with a snapshot they had had {summary['slave_snapshots_again']}, with the "
+        f"master's newer one {summary['replaced_by_newer_snapshot']})",
         f"  re-sent {summary['resent_messages']} messages, {summary['resent_bytes']} B against "
         f"{summary['full_snapshot_bytes']} B for full snapshots"
         + (f" ({ratio:.2%})" if ratio is not None else ""),

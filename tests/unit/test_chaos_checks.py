@@ -98,3 +98,14 @@ def test_a_resync_replaces_the_state_and_the_next_snapshot_starts_it_again():
     assert slave.digest is None and slave.replaced == 1
     with pytest.raises(chaos.ChaosFailure, match="lost"):
         deliver(slave, conn, "mutation", 4, page.body("mutation"))  # no snapshot to apply it to
+
+
+def test_a_replaced_state_tells_a_snapshot_sent_again_from_a_newer_one():
+    page = Page()
+    slave, conn, bodies = started(page)
+    slave.note(Envelope("resync", 0, memoryview(msgpack.packb({})), ""), conn)
+    deliver(slave, conn, "snapshot", 4, bodies[0])  # the one it had: sent again for nothing
+    assert slave.snapshots_again == 1 and slave.replaced_by_newer == 0
+    slave.note(Envelope("resync", 0, memoryview(msgpack.packb({})), ""), conn)
+    deliver(slave, conn, "snapshot", 5, page.body("snapshot"))
+    assert slave.snapshots_again == 1 and slave.replaced_by_newer == 1 and slave.digest == page.digest
