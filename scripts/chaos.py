@@ -213,7 +213,8 @@ class Master:
         self.sent_bytes = 0
         self.resent_messages = 0
         self.resent_bytes = 0
-        self.snapshots_resent = 0  # after a hello that did not continue the stream
+        self.snapshots_resent = 0  # after a hello that did not continue the stream, or among the re-sends
+        self.snapshots_avoided = 0  # hellos after which the stream continued without a snapshot again
         self.snapshots_resent_bytes = 0
         self.next_snapshot_at = math.inf
 
@@ -263,6 +264,12 @@ class Master:
             resent = [message for message in kept if message.seq > hello["held"]]
             self.resent_messages += len(resent)
             self.resent_bytes += sum(len(message.body) for message in resent)
+            # A stream that continues from an older point (an empty one: no copy) replays a snapshot.
+            snapshots = [message for message in resent if message.kind == "snapshot"]
+            self.snapshots_resent += len(snapshots)
+            self.snapshots_resent_bytes += sum(len(message.body) for message in snapshots)
+            if not snapshots:
+                self.snapshots_avoided += 1
         else:
             first = len(self.hellos) == 1
             await self.send(connection, "snapshot")
@@ -584,7 +591,7 @@ class Chaos:
         survivors = [name for name in self.cluster.processes if name != node]
         before = await self.counters(survivors)
         masters_before = {s.master.name: (s.master.resent_messages, s.master.resent_bytes, s.master.snapshots_resent,
-                                          len(s.master.hellos)) for s in affected}
+                                          len(s.master.hellos), s.master.snapshots_avoided) for s in affected}
         slaves_before = {slave.name: (len(slave.hellos), slave.replaced, slave.snapshots_again)
                          for s in affected for slave in s.slaves}
         full_bytes = sum(s.master.snapshot_bytes for s in affected)
@@ -626,14 +633,15 @@ class Chaos:
             "takeovers_from_copy": int(delta["relay_takeovers_from_copy_total"]),
             "repeats_dropped": int(delta["relay_repeats_dropped_total"]),
             "number_gaps": int(delta["relay_number_gaps_total"]),
-            "masters_resumed": 0, "snapshots_resent": 0, "resent_messages": 0, "resent_bytes": 0,
+            "masters_resumed": 0, "snapshots_avoided": 0, "snapshots_resent": 0, "resent_messages": 0, "resent_bytes": 0,
             "full_snapshot_bytes": full_bytes, "slaves_resumed": 0, "slaves_replaced": 0, "slave_snapshots_again": 0,
             "first_message_s": [], "back_s": round(back_s, 3), "converge_s": round(converge_s, 3),
             "master_hellos": [], "slave_catchups": [], "slave_hellos_not_resumed": [],
         }
         for s in affected:
             m = s.master
-            messages, nbytes, snapshots, hello_count = masters_before[m.name]
+            messages, nbytes, snapshots, hello_count, avoided = masters_before[m.name]
+            record["snapshots_avoided"] += m.snapshots_avoided - avoided
             hello_count_m = hello_count
             new_hellos = m.hellos[hello_count:]
             record["masters_resumed"] += sum(1 for h in new_hellos if h.continued)
@@ -668,7 +676,8 @@ class Chaos:
             self.kills.append(record)
             self.report(f"kill {index}: {record['node']} ({record['sessions']} sessions) takeovers "
                         f"{record['takeovers']} from copy {record['takeovers_from_copy']}; masters resumed "
-                        f"{record['masters_resumed']}, snapshots re-sent {record['snapshots_resent']}; re-sent "
+                        f"{record['masters_resumed']}, snapshots avoided {record['snapshots_avoided']}, re-sent "
+                        f"{record['snapshots_resent']}; re-sent "
                         f"{record['resent_messages']} messages {record['resent_bytes']} B (full "
                         f"{record['full_snapshot_bytes']} B); first message {record['first_message_s']} s; "
                         f"back {record['back_s']} s, converged {record['converge_s']} s")
@@ -739,7 +748,7 @@ class Chaos:
         kills = self.kills
         first = [s for k in kills for s in k["first_message_s"]]
         total = {key: sum(k[key] for k in kills) for key in (
-            "takeovers", "takeovers_from_copy", "masters_resumed", "snapshots_resent", "resent_messages",
+            "takeovers", "takeovers_from_copy", "masters_resumed", "snapshots_avoided", "snapshots_resent", "resent_messages",
             "resent_bytes", "full_snapshot_bytes", "slaves_resumed", "slaves_replaced", "slave_snapshots_again",
             "repeats_dropped",
             "number_gaps")}
@@ -754,7 +763,6 @@ class Chaos:
             "elapsed_s": round(time.monotonic() - self.run.started, 1),
             "kills": len(kills),
             **total,
-            "full_snapshots_avoided": total["masters_resumed"],
             "resent_vs_full": (round(total["resent_bytes"] / total["full_snapshot_bytes"], 5)
                                if total["full_snapshot_bytes"] else None),
             "first_message_s": {"p50": percentile(first, 0.5), "p90": percentile(first, 0.9),
@@ -807,7 +815,8 @@ def format_summary(summary: dict) -> str:
         f"{'OK' if summary['ok'] else 'FAILED'}: {summary['kills']} kills in {summary['elapsed_s']} s "
         f"({summary['config']['sessions']} sessions x {summary['config']['slaves']} slaves, seed {summary['config']['seed']})",
         f"  takeovers {summary['takeovers']}, from the copy {summary['takeovers_from_copy']}",
-        f"  masters resumed (full snapshots avoided) {summary['full_snapshots_avoided']}, snapshots re-sent "
+        f"  masters resumed {summary['masters_resumed']}, full snapshots avoided {summary['snapshots_avoided']}, "
+        f"snapshots re-sent "
         f"{summary['snapshots_resent']}; slaves resumed {summary['slaves_resumed']}, states replaced "
         f"{summary['slaves_replaced']} (with a snapshot they had had {summary['slave_snapshots_again']}, with the "
         f"master's newer one {summary['replaced_by_newer_snapshot']})",
