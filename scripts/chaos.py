@@ -215,6 +215,7 @@ class Master:
         self.resent_bytes = 0
         self.snapshots_resent = 0  # after a hello that did not continue the stream, or among the re-sends
         self.snapshots_avoided = 0  # hellos after which the stream continued without a snapshot again
+        self.connects = 0
         self.snapshots_resent_bytes = 0
         self.next_snapshot_at = math.inf
 
@@ -276,6 +277,7 @@ class Master:
             if not first:
                 self.snapshots_resent += 1
                 self.snapshots_resent_bytes += self.snapshot_bytes
+        self.connects += 1
         self.connected.set()
 
     async def live(self) -> None:
@@ -366,6 +368,7 @@ class Slave:
         self.replaced_at_uid: Optional[int] = None  # the last message applied before the state was replaced
         self.snapshots_again = 0  # replaced states that started again from a snapshot this slave had had
         self.replaced_by_newer = 0  # replaced states that started from a snapshot it had not had yet
+        self.connects = 0
         self.left_out = 0  # master re-sends the client left out (already applied before a failover)
         self.kill_mark: Optional[tuple] = None  # (kill time, epoch before the kill): waiting for a new message
         self.first_new_message_s: Optional[float] = None
@@ -458,6 +461,7 @@ class Slave:
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
             self.connection = connection
+            self.connects += 1
             try:
                 while True:
                     self.note(await connection.receive(), connection)
@@ -488,10 +492,6 @@ def _uid_of(envelope) -> Optional[int]:
 class Session:
     master: Master
     slaves: list = field(default_factory=list)
-
-
-def _counter(metrics: dict, name: str) -> float:
-    return metrics.get(name, 0.0)
 
 
 async def scrape(cluster: ClusterNodes, name: str) -> dict:
@@ -541,7 +541,7 @@ class Chaos:
         result = {}
         for name in names:
             metrics = await scrape(self.cluster, name)
-            result[name] = {counter: _counter(metrics, counter) for counter in COUNTERS}
+            result[name] = {counter: metrics.get(counter, 0.0) for counter in COUNTERS}
         return result
 
     # ------------------------------------------------------------------ waiting
@@ -749,8 +749,7 @@ class Chaos:
         first = [s for k in kills for s in k["first_message_s"]]
         total = {key: sum(k[key] for k in kills) for key in (
             "takeovers", "takeovers_from_copy", "masters_resumed", "snapshots_avoided", "snapshots_resent", "resent_messages",
-            "resent_bytes", "full_snapshot_bytes", "slaves_resumed", "slaves_replaced", "slave_snapshots_again",
-            "repeats_dropped",
+            "resent_bytes", "full_snapshot_bytes", "slaves_resumed", "repeats_dropped",
             "number_gaps")}
         masters = [s.master for s in self.sessions]
         slaves = [slave for s in self.sessions for slave in s.slaves]
@@ -772,7 +771,12 @@ class Chaos:
             "snapshots_resent_bytes": sum(m.snapshots_resent_bytes for m in masters),
             "messages_applied": sum(slave.applied for slave in slaves),
             "left_out": sum(slave.left_out for slave in slaves),
+            # The whole run's (kills and between them: a slave that cannot keep up is resynced too).
+            "slaves_replaced": sum(slave.replaced for slave in slaves),
+            "slave_snapshots_again": sum(slave.snapshots_again for slave in slaves),
             "replaced_by_newer_snapshot": sum(slave.replaced_by_newer for slave in slaves),
+            "master_connects": sum(m.connects for m in masters),
+            "slave_connects": sum(slave.connects for slave in slaves),
             "per_kill": kills,
         }
 
@@ -818,8 +822,9 @@ def format_summary(summary: dict) -> str:
         f"  masters resumed {summary['masters_resumed']}, full snapshots avoided {summary['snapshots_avoided']}, "
         f"snapshots re-sent "
         f"{summary['snapshots_resent']}; slaves resumed {summary['slaves_resumed']}, states replaced "
-        f"{summary['slaves_replaced']} (with a snapshot they had had {summary['slave_snapshots_again']}, with the "
-        f"master's newer one {summary['replaced_by_newer_snapshot']})",
+        f"{summary['slaves_replaced']} in the whole run (from a snapshot they had had {summary['slave_snapshots_again']}, "
+        f"from the master's newer one {summary['replaced_by_newer_snapshot']}); connects: masters "
+        f"{summary['master_connects']}, slaves {summary['slave_connects']}",
         f"  re-sent {summary['resent_messages']} messages, {summary['resent_bytes']} B against "
         f"{summary['full_snapshot_bytes']} B for full snapshots"
         + (f" ({ratio:.2%})" if ratio is not None else ""),
