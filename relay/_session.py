@@ -75,6 +75,8 @@ RECONNECTS_PER_S = 2.0
 # The most a frame header, an envelope header and a sender stamp add to a body: 10 (frame) + 1
 # (array) + 1 + 32 (kind, at most MAX_KIND_BYTES) + 9 (seq) + 5 (bin header) + 1 + 64 (sender).
 ENVELOPE_HEAD_MAX_BYTES = 123
+# Earlier epochs a stream remembers (Session.lineage): slaves may resume from that many takeovers back.
+LINEAGE_EPOCHS = 8
 SLAVE_ID_BYTES = 8
 TOKEN_BYTES = 32  # 256-bit role tokens
 
@@ -341,8 +343,10 @@ class Session:
         if self.history:  # what an ack of the whole copy says (earlier messages' numbers are not kept)
             self.history[-1].number = stream.held
         self.chat_only = stream.chat
-        self.lineage = {int(e): list(entry) for e, entry in stream.lineage.items()}
-        self.lineage[stream.writer_epoch] = [stream.seq, None]
+        lineage = {int(e): list(entry) for e, entry in stream.lineage.items()}
+        lineage[stream.writer_epoch] = [stream.seq, None]
+        # A slave away for longer than LINEAGE_EPOCHS takeovers resyncs: the record stays small.
+        self.lineage = {e: lineage[e] for e in sorted(lineage)[-LINEAGE_EPOCHS:]}
         self._open_lineage = any(entry[1] is None for entry in self.lineage.values())
 
     def stream_state(self) -> "StreamState":

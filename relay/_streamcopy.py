@@ -42,6 +42,10 @@ COPY_BATCH_S = 0.05  # messages gather this long into one pipeline (and one ack 
 COPY_RETRY_S = 0.5  # after Redis failed a batch
 COPY_INLINE_BYTES = 256 * 1024  # larger messages are written to their own key, in chunks
 COPY_ROUND_BYTES = 16 * 1024 * 1024  # one batch writes at most this much; the rest goes in the next
+# What an item costs Redis besides its bytes (a list node, a script argument): counted against the
+# round's budget, so that a flood of tiny messages cannot make one script run for long.
+COPY_ITEM_OVERHEAD_BYTES = 64
+COPY_SCRIPT_ITEMS = 4096  # items per session per script call
 
 
 class CopyCursor:
@@ -245,10 +249,11 @@ class StreamCopier:
         messages = []
         size = 0
         for message in history[start:]:
-            if messages and size + message.size > budget:
+            cost = message.size + COPY_ITEM_OVERHEAD_BYTES
+            if messages and (size + cost > budget or len(messages) >= COPY_SCRIPT_ITEMS):
                 break
             messages.append(message)
-            size += message.size
+            size += cost
         if start + len(messages) < len(history):
             session.copy_dirty = True  # the rest goes in the next batch
             self._pending[session.id] = session
@@ -263,13 +268,16 @@ class StreamCopier:
         for session in sessions:
             if session.ended or session.copy is None:
                 continue
-            plan = self._plan(session, now, max(budget, 1))
+            if budget <= 0:  # this round is full: the next one takes it
+                self._pending[session.id] = session
+                continue
+            plan = self._plan(session, now, budget)
             if session.copy.drop_pending:  # given up now or before: its copy must go
                 drops.append(session)
             if plan is None:
                 continue
             reset, messages, meta = plan
-            budget -= sum(m.size for m in messages)
+            budget -= sum(m.size + COPY_ITEM_OVERHEAD_BYTES for m in messages)
             planned.append((session, session.epoch, reset, messages, meta, session.copy.waiting_since))
         for session in drops:
             if await self.store.drop_copy(session.id, self.node, session.epoch):
@@ -284,6 +292,8 @@ class StreamCopier:
                 else:
                     items.append(encode_item(message))
             writes.append((session.id, epoch, reset, meta, items))
+        if self._pending:
+            self._event.set()
         if not writes:
             return
         results = await self.store.append_copies(self.node, writes, self.ttl_s)

@@ -48,10 +48,16 @@ def test_the_agents_page_recovers_by_itself_when_the_host_is_killed(tmp_path, ne
             master.page.evaluate("""() => { const p = document.createElement('p'); p.id = 'before';
                                            p.textContent = 'before the failover'; document.body.append(p); }""")
             slave.wait_for_replica(master, 5_000)
+            for page in (master.page, slave.page):
+                page.evaluate("() => { window.hellos = []; relayDemo.connection.on('hello', h => hellos.push(h)); }")
+            snapshots_before = slave.page.evaluate("relayDemo.received.snapshot")
+            # Wait for the relay's ack: the failover copy holds the page (relay/_streamcopy.py).
+            master.page.wait_for_function("relayDemo.connection._window.kept.length === 0", timeout=5_000)
 
             nodes.kill(host)
-            # Both pages reconnect by themselves; the master's hello from the new host makes it send a
-            # snapshot, and the slave's replica is rebuilt from it.  Then the page goes on changing.
+            # Both pages reconnect by themselves. The new host continues the stream from the failover
+            # copy (docs/protocol.md 4b): the master's hello is resumed, it sends no snapshot again, and
+            # the slave resumes where it was.  Then the page goes on changing.
             master.page.wait_for_function(
                 "relayDemo.connection.state === 'open' && relayDemo.connection.epoch === 2", timeout=RECOVERY_TIMEOUT_MS)
             master.page.evaluate("""() => { const p = document.createElement('p'); p.id = 'after';
@@ -62,6 +68,11 @@ def test_the_agents_page_recovers_by_itself_when_the_host_is_killed(tmp_path, ne
             other = next(name for name in nodes.names if name != host)
             assert cookie(customer) == other and cookie(agent) == other  # the cookie moved with the session
             assert "after the failover" in slave.page.evaluate("relayDemo.replay.document.body.textContent")
+            master_hello = master.page.evaluate("hellos[hellos.length - 1]")
+            slave_hello = slave.page.evaluate("hellos[hellos.length - 1]")
+            assert master_hello["epoch"] == 2 and master_hello["resumed"] is True, master_hello
+            assert slave_hello["epoch"] == 2 and slave_hello["catchup"] == "resume", slave_hello
+            assert slave.page.evaluate("relayDemo.received.snapshot") == snapshots_before  # no page sent again
             save_side_by_side(customer, master.page, slave.page, artifacts / "cluster-failover.png", scale=0.5)
         except BaseException:
             print(nodes.logs())

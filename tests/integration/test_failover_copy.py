@@ -343,3 +343,46 @@ async def test_while_redis_is_away_the_session_flows_acks_stop_and_the_copy_catc
         assert meta["held"] == master.number and envelopes[-1][1] == meta["seq"]
         assert envelopes[0][0] == "snapshot" and [e[1] for e in envelopes] == list(range(envelopes[0][1], meta["seq"] + 1))
         assert metric(cluster, a, "relay_copy_fallbacks_total") == 0
+
+
+async def test_a_flood_of_tiny_messages_reaches_the_copy_in_bounded_scripts(cluster, redis):
+    a, _b, _c = cluster.names
+    with trio.fail_after(BUDGET_S):
+        created, master = await start_session(cluster, a)
+        await master.send("snapshot", "v1")
+        for n in range(12_000):  # more than one script call takes (COPY_SCRIPT_ITEMS)
+            await master.send("mutation", n)
+        await master.drain_acks(master.number)
+        async with StateStore(cluster_name(cluster), port=redis.port) as store:
+            meta, items = await store.load_copy(created["session"])
+        seqs = [msgpack.unpackb(item)[1] for item in items]
+        assert seqs == list(range(seqs[0], meta["seq"] + 1)) and len(items) == 12_001
+        assert metric(cluster, a, "relay_copy_writes_total") >= 3
+
+
+async def test_a_host_paused_past_its_lease_never_writes_the_copy_again(cluster, redis):
+    a, b, c = cluster.names
+    with trio.fail_after(BUDGET_S):
+        created, master = await start_session(cluster, a)
+        session_id = created["session"]
+        await master.send("snapshot", "v1")
+        await master.drain_acks(1)
+        for n in range(50):  # some of these are likely still waiting for a's copier when it stops
+            await master.send("mutation", f"old {n}")
+        cluster.signal(a, signal.SIGSTOP)
+        try:
+            connection, hello, _ = await connect_until_hello(cluster, [b, c], session_id, created["master_token"])
+            assert hello["epoch"] == 2
+            await master.reconnect(connection, hello)  # what a's copy had not got, sent again
+            await master.send("mutation", "fresh")
+            await master.drain_acks(master.number)
+        finally:
+            cluster.signal(a, signal.SIGCONT)
+        await trio.sleep(1.0)  # a runs again: whatever its copier still had is refused by the epoch
+        async with StateStore(cluster_name(cluster), port=redis.port) as store:
+            meta, items = await store.load_copy(session_id)
+        envelopes = [msgpack.unpackb(item) for item in items]
+        assert meta["writer"] == 2 and meta["held"] == master.number
+        bodies = [e[2] for e in envelopes if e[0] in ("snapshot", "mutation")]
+        assert bodies == master.page  # exactly the master's stream, once each, in order
+        assert [e[1] for e in envelopes] == list(range(envelopes[0][1], meta["seq"] + 1))

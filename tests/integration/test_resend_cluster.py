@@ -4,12 +4,18 @@ relay node processes and Debian's redis-server on 127.0.0.1 (tests/cluster_nodes
 A master that connects with a ``ResendWindow`` forgets what the copy acked, re-sends by itself after
 a kill -9 of its host, and slaves that reconnect with ``resume=`` leave out what they already had:
 each slave's page (built from what ``receive`` returns) is exactly the master's, nothing twice.
-(tests/integration/test_failover_copy.py tests the server's side with a hand-numbering master.)
+client.js does the same, master and slave in one Node.js process behind a balancer that skips the
+dead node.  (tests/integration/test_failover_copy.py tests the server's side with a hand-numbering
+master.)
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -132,3 +138,124 @@ async def test_the_window_re_sends_what_the_copy_missed_and_slaves_leave_out_wha
             await page.read_until(master.page)
             assert page.connection.left_out == 10  # the re-sends: received, counted, not applied
             assert page.page == master.page
+
+
+# ---------------------------------------------------------------------------- client.js in the cluster
+
+CLIENT_JS_SCENARIO = r"""
+const R = require(process.argv[2]);
+const bases = JSON.parse(process.argv[3]); // node name -> base URL
+const readline = require('readline');
+const lines = readline.createInterface({input: process.stdin});
+const waiting = [];
+lines.on('line', (line) => { const next = waiting.shift(); if (next) next(line); });
+const nextLine = () => new Promise((resolve) => waiting.push(resolve));
+const say = (what) => console.log(JSON.stringify(what));
+
+// A load balancer in front of the nodes: each connection goes to the next live node (the relay
+// forwards to the host, or takes the session over when the host is dead).
+const dead = new Set();
+let turn = 0;
+function live(url) {
+  const names = Object.keys(bases).filter((name) => !dead.has(name));
+  const name = names[turn++ % names.length];
+  return url.replace(/^(https?|wss?):\/\/[^/]+/, (m, scheme) => scheme + '://' + new URL(bases[name]).host);
+}
+class Balanced extends WebSocket { constructor(url) { super(live(url)); } }
+const options = {base: Object.values(bases)[0], WebSocket: Balanced, fetch: (url, init) => fetch(live(url), init),
+                 backoffInitialMs: 50, backoffMaxMs: 300};
+
+const once = (connection, event, test) => new Promise((resolve) => {
+  const listener = function () {
+    if (test && !test.apply(null, arguments)) return;
+    connection.off(event, listener);
+    resolve(Array.from(arguments));
+  };
+  connection.on(event, listener);
+});
+
+(async () => {
+  const master = await R.create(options);
+  const hellos = [];
+  master.on('hello', (hello) => {
+    hellos.push({epoch: hello.epoch, held: hello.held, resumed: hello.resumed});
+    if (!hello.resumed) master.send('snapshot', 'page');
+  });
+  await once(master, 'hello');
+  const slave = await R.join(Object.assign({session: master.session, agent: 'agent-7'}, options));
+  const seen = [];
+  const slaveHellos = [];
+  slave.on('hello', (hello) => slaveHellos.push({catchup: hello.catchup, resumed: hello.resumed}));
+  slave.on('resync', () => seen.push('resync'));
+  slave.on('message', (kind, seq, body) => { if (kind === 'snapshot' || kind === 'mutation') seen.push(body); });
+  await once(slave, 'hello');
+  const upTo = (n) => new Promise((resolve) => {
+    const check = () => { if (seen[seen.length - 1] === n) { slave.off('message', check); resolve(); } };
+    slave.on('message', check);
+    check();
+  });
+  for (let n = 1; n <= 5; n++) master.send('mutation', n);
+  await upTo(5);
+  await once(master, 'ack', (ack) => ack.held === 6); // the copy has the snapshot and 1..5
+  say({session: master.session, host: master.created.node});
+  await nextLine(); // Redis is stopped: the copy and its acks stop, the fan-out goes on
+  for (let n = 6; n <= 15; n++) master.send('mutation', n);
+  await upTo(15);
+  say({kept: master._window.kept.map((item) => item.number)});
+  dead.add(await nextLine()); // the host is killed (and Redis answers again)
+  for (let n = 16; n <= 18; n++) master.send('mutation', n); // queued while the master reconnects
+  await once(master, 'hello', (hello) => hello.epoch === 2);
+  for (let n = 19; n <= 20; n++) master.send('mutation', n);
+  await upTo(20);
+  say({hellos: hellos, slaveHellos: slaveHellos, seen: seen, transports: [master.transport, slave.transport]});
+  process.exit(0);
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+@pytest.mark.node
+async def test_client_js_master_and_slave_through_a_kill_of_the_host_lose_and_repeat_nothing(cluster, redis, tmp_path):
+    node = shutil.which("node")
+    assert node, "Node.js is required to test relay/static/client.js"
+    probe = subprocess.run([node, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"])
+    command = [node] if probe.returncode == 0 else [node, "--experimental-websocket"]
+    script = tmp_path / "cluster_resend.js"
+    script.write_text(CLIENT_JS_SCENARIO)
+    client_js = Path(__file__).resolve().parents[2] / "relay" / "static" / "client.js"
+    bases = {name: f"http://127.0.0.1:{cluster.public(name)}" for name in cluster.names}
+    errors = tmp_path / "node-stderr.txt"
+    with trio.fail_after(BUDGET_S):
+        with errors.open("wb") as stderr:
+            process = await trio.lowlevel.open_process([*command, str(script), str(client_js), json.dumps(bases)],
+                                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        buffer = b""
+
+        async def line() -> dict:
+            nonlocal buffer
+            while b"\n" not in buffer:
+                data = await process.stdout.receive_some(65536)
+                assert data, f"the node scenario exited early: {errors.read_text()}"
+                buffer += data
+            text, buffer = buffer.split(b"\n", 1)
+            return json.loads(text)
+
+        try:
+            started = await line()
+            host = started["host"]
+            redis.process.send_signal(signal.SIGSTOP)
+            try:
+                await process.stdin.send_all(b"go\n")
+                assert (await line())["kept"] == list(range(7, 17))  # 6..15 of the page: numbers 7..16
+                await process.stdin.send_all(host.encode() + b"\n")
+                cluster.kill(host)
+            finally:
+                redis.process.send_signal(signal.SIGCONT)
+            result = await line()
+            assert await process.wait() == 0, errors.read_text()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    assert result["seen"] == ["page"] + list(range(1, 21))  # every message once, in order, no resync
+    assert result["hellos"][0] == {"epoch": 1, "held": 0, "resumed": False}
+    assert result["hellos"][-1] == {"epoch": 2, "held": 6, "resumed": True}  # it re-sent 7..19 itself
+    assert result["slaveHellos"][-1] == {"catchup": "resume", "resumed": True}

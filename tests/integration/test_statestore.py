@@ -72,3 +72,48 @@ async def test_redis_gone_is_store_unavailable_within_the_call_timeout(redis):
             assert trio.current_time() - start <= REDIS_CALL_TIMEOUT_S + 0.5
         redis.start()
         await store.ping()  # and it reconnects by itself
+
+
+async def test_the_copy_is_fenced_replaced_at_a_reset_and_dropped_with_its_blobs(redis):
+    from relay._statestore import BLOB_MARKER, COPY_NO_RECORD
+
+    async with store_for(redis) as store:
+        assert await store.append_copies("n1", [("s", 1, True, {"seq": 1}, [b"x"])], 30) == [COPY_NO_RECORD]
+        assert await store.create_session("s", "n1", {"chat": False}, 30)
+        blob = store.blob_key("s", 1, 2)
+        await store.write_blob(blob, [b"head", b"b" * (3 * 1024 * 1024 + 5), b"tail"], 30)
+        marker = BLOB_MARKER + blob.encode()
+        assert await store.append_copies("n1", [("s", 1, True, {"seq": 2}, [b"one", marker])], 30) == [WRITE_OK]
+        meta, items = await store.load_copy("s")
+        assert meta == {"seq": 2} and items[0] == b"one"
+        assert bytes(items[1]) == b"head" + b"b" * (3 * 1024 * 1024 + 5) + b"tail"
+        assert await store.append_copies("n1", [("s", 1, False, {"seq": 3}, [b"three"])], 30) == [WRITE_OK]
+        assert [bytes(i) for i in (await store.load_copy("s"))[1]][::2] == [b"one", b"three"]
+        # a reset replaces the list and deletes the blobs it no longer names
+        assert await store.append_copies("n1", [("s", 1, True, {"seq": 4}, [b"four"])], 30) == [WRITE_OK]
+        assert (await store.load_copy("s"))[1] == [b"four"]
+        assert not await store._client.exists([blob])
+        # another epoch's host may not write it, nor drop it
+        claim = await store.take_over("s", 1, "n2")
+        assert await store.append_copies("n1", [("s", 1, False, {"seq": 5}, [b"stale"])], 30) == [WRITE_LOST]
+        assert not await store.drop_copy("s", "n1", 1)
+        assert await store.drop_copy("s", "n2", claim.epoch)
+        assert await store.load_copy("s") == (None, [])
+        assert (await store.session("s")).host == "n2"  # the record stays
+
+
+async def test_a_large_blob_goes_to_redis_a_chunk_at_a_time(redis):
+    import tracemalloc
+
+    message = bytes(10 * 1024 * 1024)
+    async with store_for(redis) as store:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            await store.write_blob(store.blob_key("s", 1, 1), [message], 30)
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * 1024 * 1024, peak  # never the 10 MiB again: a chunk (and its frame) at a time
+        assert await store._client.strlen(store.blob_key("s", 1, 1)) == len(message)

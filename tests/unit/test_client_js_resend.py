@@ -139,6 +139,27 @@ async function bounded() {
   conn.close();
 }
 
+async function queueFull() {
+  // A send refused because the queue is full takes no number: the numbers stay without a hole.
+  const conn = new R.Connection({session: 'Q', token: 'q', role: 'master'}, Object.assign({maxPendingBytes: 200}, options));
+  const errors = [];
+  conn.on('error', (error) => errors.push(error.code));
+  conn.on('hello', (body) => { if (!body.resumed) conn.send('snapshot', 'p'); });
+  await tick();
+  last().open();
+  last().deliver('hello', 0, hello({held: 0}));
+  last().drop(1006);
+  assert.strictEqual(conn.send('mutation', 'a'.repeat(100)), true); // number 2
+  assert.strictEqual(conn.send('mutation', 'b'.repeat(100)), false); // refused: no number
+  assert.strictEqual(conn.send('mutation', 'c'), true); // number 3
+  assert.deepStrictEqual(errors, ['send-queue-full']);
+  await tick(20);
+  last().open();
+  last().deliver('hello', 0, hello({held: 1}));
+  assert.deepStrictEqual(last().sent.map((e) => [e[1], e[2].slice(0, 1)]), [[2, 'a'], [3, 'c']]);
+  conn.close();
+}
+
 async function slave() {
   const conn = R.connect(Object.assign({session: 'S', token: 's'}, options));
   const messages = [];
@@ -244,6 +265,7 @@ async function longPolling() {
 (async () => {
   await master();
   await bounded();
+  await queueFull();
   await slave();
   await longPolling();
   console.log(JSON.stringify(out));

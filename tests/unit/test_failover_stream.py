@@ -270,3 +270,31 @@ def test_a_copy_with_a_hole_is_not_continued():
     assert stream_from_copy(meta, items[:2] + items[3:]) is None
     assert stream_from_copy(dict(meta, seq=meta["seq"] + 1), items) is None
     assert stream_from_copy({"seq": 1}, items) is None
+
+
+def test_a_slave_away_for_two_takeovers_resumes_and_the_lineage_stays_bounded():
+    session, master, peer = open_session()
+    sleeper = Slave(session)
+    p = sleeper.connect(session)
+    master.send(session, peer, "snapshot", "page")
+    master.send(session, peer, "mutation", 0)
+    sleeper.read(p)  # it has epoch 1 up to here, then is away
+    current, current_peer = session, peer
+    for n in range(1, 11):
+        master.send(current, current_peer, "mutation", n)
+        meta, items = copy_of(current)
+        master.acked(meta["held"])
+        current = take_over(current, meta, items)
+        current_peer = master.connect(current)
+        if n == 2:
+            back = sleeper.connect(current)  # two takeovers later
+            sleeper.read(back)
+            assert sleeper.hellos[-1]["catchup"] == "resume" and sleeper.page == master.page
+            session.detach(back, 0.0)
+    assert current.epoch == 11
+    from relay._session import LINEAGE_EPOCHS
+    assert len(current.lineage) == LINEAGE_EPOCHS
+    late = Slave(current)
+    q = late.connect(current)
+    late.read(q)
+    assert late.page == master.page
