@@ -219,6 +219,9 @@ class Master:
         self.snapshots_resent_bytes = 0
         self.next_snapshot_at = math.inf
 
+    def session_id(self) -> str:
+        return self.session
+
     async def create(self) -> None:
         created = await self.browser.post("/cobrowse/sessions", {})
         self.session, self.token = created["session"], created["master_token"]
@@ -286,7 +289,7 @@ class Master:
                 await self.connect()
             except HTTPStatusError as exc:
                 if exc.status not in RETRYABLE_STATUSES:
-                    self.run.fail(f"{self.name}: connect answered {exc}")
+                    self.run.fail(f"{self.name} (session {self.session_id()}, cookie {self.browser.cookie}): connect answered {exc}")
                     return
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
@@ -375,6 +378,9 @@ class Slave:
         self.trace: deque = deque(maxlen=TRACE_LENGTH)  # what it received last, for a failure's details
         self.asked: dict = {}  # the resume parameters of the latest connect (after, epoch, master_count)
 
+    def session_id(self) -> str:
+        return self.master.session
+
     async def join(self) -> None:
         joined = await self.browser.post(f"/cobrowse/sessions/{self.master.session}/join", {"agent": self.name})
         self.token = joined["slave_token"]
@@ -453,7 +459,7 @@ class Slave:
                 connection = await self.browser.connect(self.master.session, self.token, **options)
             except HTTPStatusError as exc:
                 if exc.status not in RETRYABLE_STATUSES:
-                    self.run.fail(f"{self.name}: connect answered {exc}")
+                    self.run.fail(f"{self.name} (session {self.session_id()}, cookie {self.browser.cookie}): connect answered {exc}")
                     return
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
@@ -723,6 +729,9 @@ class Chaos:
                 if self.run.failures:
                     summary["node_logs"] = cluster.logs()
                     summary["nginx_error_log"] = nginx.error_log()[-4000:]
+                    # What nginx answered besides 101/200/201 (the node behind it is in $upstream_addr).
+                    summary["nginx_refusals"] = [line for line in nginx.access_log().splitlines()
+                                                 if not any(f'" {ok} ' in line for ok in (101, 200, 201))][-80:]
                 return summary
 
     async def _drive(self, port: int) -> None:
@@ -865,6 +874,8 @@ def main(argv=None) -> int:
     print(format_summary(summary))
     if not summary["ok"] and "node_logs" in summary:
         print(summary["node_logs"][-20000:])
+        print("--- nginx answers other than 101/200/201 (last 80) ---")
+        print("\n".join(summary["nginx_refusals"]))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0 if summary["ok"] else 1
