@@ -216,6 +216,8 @@ class Master:
         self.snapshots_resent = 0  # after a hello that did not continue the stream, or among the re-sends
         self.snapshots_avoided = 0  # hellos after which the stream continued without a snapshot again
         self.connects = 0
+        self.lost_at: Optional[float] = None
+        self.away_s: list = []
         self.snapshots_resent_bytes = 0
         self.next_snapshot_at = math.inf
 
@@ -281,6 +283,9 @@ class Master:
                 self.snapshots_resent += 1
                 self.snapshots_resent_bytes += self.snapshot_bytes
         self.connects += 1
+        if self.lost_at is not None:
+            self.away_s.append(time.monotonic() - self.lost_at)
+            self.lost_at = None
         self.connected.set()
 
     async def live(self) -> None:
@@ -300,6 +305,7 @@ class Master:
                 self.run.fail(f"{self.name}: the relay's hello is bad: {exc}")
                 return
             await self._serve(self.connection)
+            self.lost_at = time.monotonic()
             close_socket(self.connection.sock)
             await trio.sleep(RECONNECT_DELAY_S)
 
@@ -372,6 +378,8 @@ class Slave:
         self.snapshots_again = 0  # replaced states that started again from a snapshot this slave had had
         self.replaced_by_newer = 0  # replaced states that started from a snapshot it had not had yet
         self.connects = 0
+        self.lost_at: Optional[float] = None  # when its latest connection closed
+        self.away_s: list = []  # connection closed to the next one open (a kill of its host or of a forwarder)
         self.left_out = 0  # master re-sends the client left out (already applied before a failover)
         self.kill_mark: Optional[tuple] = None  # (kill time, epoch before the kill): waiting for a new message
         self.first_new_message_s: Optional[float] = None
@@ -468,6 +476,9 @@ class Slave:
                 continue
             self.connection = connection
             self.connects += 1
+            if self.lost_at is not None:
+                self.away_s.append(time.monotonic() - self.lost_at)
+                self.lost_at = None
             try:
                 while True:
                     self.note(await connection.receive(), connection)
@@ -479,6 +490,7 @@ class Slave:
                 self.run.fail(str(exc))
                 return
             finally:
+                self.lost_at = time.monotonic()
                 self.left_out += connection.left_out
                 connection.left_out = 0
                 close_socket(connection.sock)
@@ -762,6 +774,7 @@ class Chaos:
             "number_gaps")}
         masters = [s.master for s in self.sessions]
         slaves = [slave for s in self.sessions for slave in s.slaves]
+        away = [round(a, 3) for client in masters + slaves for a in client.away_s]
         return {
             "ok": not self.run.failures,
             "failures": list(self.run.failures),
@@ -784,6 +797,10 @@ class Chaos:
             "slaves_replaced": sum(slave.replaced for slave in slaves),
             "slave_snapshots_again": sum(slave.snapshots_again for slave in slaves),
             "replaced_by_newer_snapshot": sum(slave.replaced_by_newer for slave in slaves),
+            # Every reconnect, also of sessions whose host lived (their connection went through a
+            # node that was killed): how long clients were away.
+            "away_s": {"p50": percentile(away, 0.5), "p90": percentile(away, 0.9), "max": max(away) if away else None,
+                       "samples": len(away)},
             "master_connects": sum(m.connects for m in masters),
             "slave_connects": sum(slave.connects for slave in slaves),
             "per_kill": kills,
@@ -839,6 +856,8 @@ def format_summary(summary: dict) -> str:
         + (f" ({ratio:.2%})" if ratio is not None else ""),
         f"  kill to first new message at a slave: p50 {first['p50']} s, p90 {first['p90']} s, max {first['max']} s "
         f"({first['samples']} slaves)",
+        f"  clients away (connection closed to the next one open, every reconnect): p50 {summary['away_s']['p50']} s, "
+        f"p90 {summary['away_s']['p90']} s, max {summary['away_s']['max']} s ({summary['away_s']['samples']})",
         f"  sent {summary['messages_sent']} messages ({summary['bytes_sent']} B), applied {summary['messages_applied']} "
         f"at slaves; re-sends left out by slaves {summary['left_out']}; repeats dropped by nodes "
         f"{summary['repeats_dropped']}, number gaps {summary['number_gaps']}",
