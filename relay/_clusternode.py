@@ -422,9 +422,11 @@ class ClusterNode:
         if successor != self.me:
             return self._forward_to(successor, forwarded)
         now = trio.current_time()
-        if (self._healthy_since is None or now - self._healthy_since < self.ttl_s
-                or now > self.fence.valid_until):
-            # A host cut off with us has not had a whole TTL to renew its lease yet.
+        if now > self.fence.valid_until or (facts.host != self.me and (
+                self._healthy_since is None or now - self._healthy_since < self.ttl_s)):
+            # A host cut off with us has not had a whole TTL to renew its lease yet.  (When the host
+            # is this node's name, that host is this process or its dead predecessor, whose lease
+            # _join saw lapse: nobody else can be serving the session, no need to wait.)
             raise self._unavailable("the cluster is recovering its state store; retry")
         claimed = self._claimed.get(session_id)
         if claimed is not None and claimed[0] == facts.epoch and trio.current_time() - claimed[2] < SESSION_RECORD_TTL_S:

@@ -42,8 +42,13 @@ DEFAULT_NGINX_LISTEN = 80
 DEFAULT_NGINX_TLS_LISTEN = 443
 # A node that refuses or does not accept the connection within this is skipped for the next one.
 PROXY_CONNECT_TIMEOUT_S = 2
-# After one failure a node is left out of its upstreams for this long (nginx's passive health check).
-UPSTREAM_FAIL_TIMEOUT_S = 10
+# After one failure a node is left out of its upstreams for this long (nginx's passive health check),
+# as a primary and as a backup alike (nginx's default is 10 s, also for backups).  Short, because a
+# node that was killed comes back within seconds and its clients' cookies name it: with 10 s, a
+# few kills in a row left every server of an upstream marked failed, and nginx answered 502 ("no
+# live upstreams") for up to 10 s to clients whose nodes were all up (the chaos test).  A node that
+# stays dead costs one failed connect (at most PROXY_CONNECT_TIMEOUT_S) per this long per worker.
+UPSTREAM_FAIL_TIMEOUT_S = 3
 # proxy_read_timeout as a multiple of the longest silence relay allows itself on a connection: the
 # WebSocket ping interval, or the wait of a long-poll GET.
 READ_TIMEOUT_FACTOR = 3
@@ -210,7 +215,7 @@ def nginx_config(cluster, *, listen: Union[int, str] = DEFAULT_NGINX_LISTEN, ser
         add(f"        server {addresses[name]} max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT_S}s;")
         for other in nodes:
             if other != name:
-                add(f"        server {addresses[other]} backup;")
+                add(f"        server {addresses[other]} max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT_S}s backup;")
         add("    }")
     add("    # Clients without a cookie of a known node: any node (a node routes every session to its host).")
     add(f"    upstream {CLUSTER_UPSTREAM} {{")

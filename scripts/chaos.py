@@ -218,8 +218,15 @@ class Master:
         self.connects = 0
         self.lost_at: Optional[float] = None
         self.away_s: list = []
+        self.away_log: list = []  # (lost at, s away, why the attempts meanwhile failed)
+        self.retries: list = []
         self.snapshots_resent_bytes = 0
         self.next_snapshot_at = math.inf
+
+    def _retried(self, exc) -> None:
+        """Why a reconnect attempt failed (the longest absences are printed with their reasons)."""
+        if len(self.retries) < 50:
+            self.retries.append((round(time.monotonic() - self.run.started, 2), str(exc)[:120]))
 
     def session_id(self) -> str:
         return self.session
@@ -285,6 +292,8 @@ class Master:
         self.connects += 1
         if self.lost_at is not None:
             self.away_s.append(time.monotonic() - self.lost_at)
+            self.away_log.append((round(self.lost_at - self.run.started, 2), round(self.away_s[-1], 2), self.retries))
+            self.retries = []
             self.lost_at = None
         self.connected.set()
 
@@ -296,9 +305,11 @@ class Master:
                 if exc.status not in RETRYABLE_STATUSES:
                     self.run.fail(f"{self.name} (session {self.session_id()}, cookie {self.browser.cookie}): connect answered {exc}")
                     return
+                self._retried(exc)
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
-            except (ConnectionClosed, OSError, trio.TooSlowError):
+            except (ConnectionClosed, OSError, trio.TooSlowError) as exc:
+                self._retried(exc)
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
             except EnvelopeError as exc:
@@ -380,11 +391,18 @@ class Slave:
         self.connects = 0
         self.lost_at: Optional[float] = None  # when its latest connection closed
         self.away_s: list = []  # connection closed to the next one open (a kill of its host or of a forwarder)
+        self.away_log: list = []  # (lost at, s away, why the attempts meanwhile failed)
+        self.retries: list = []
         self.left_out = 0  # master re-sends the client left out (already applied before a failover)
         self.kill_mark: Optional[tuple] = None  # (kill time, epoch before the kill): waiting for a new message
         self.first_new_message_s: Optional[float] = None
         self.trace: deque = deque(maxlen=TRACE_LENGTH)  # what it received last, for a failure's details
         self.asked: dict = {}  # the resume parameters of the latest connect (after, epoch, master_count)
+
+    def _retried(self, exc) -> None:
+        """Why a reconnect attempt failed (the longest absences are printed with their reasons)."""
+        if len(self.retries) < 50:
+            self.retries.append((round(time.monotonic() - self.run.started, 2), str(exc)[:120]))
 
     def session_id(self) -> str:
         return self.master.session
@@ -469,15 +487,19 @@ class Slave:
                 if exc.status not in RETRYABLE_STATUSES:
                     self.run.fail(f"{self.name} (session {self.session_id()}, cookie {self.browser.cookie}): connect answered {exc}")
                     return
+                self._retried(exc)
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
-            except (ConnectionClosed, OSError, trio.TooSlowError):
+            except (ConnectionClosed, OSError, trio.TooSlowError) as exc:
+                self._retried(exc)
                 await trio.sleep(RECONNECT_DELAY_S)
                 continue
             self.connection = connection
             self.connects += 1
             if self.lost_at is not None:
                 self.away_s.append(time.monotonic() - self.lost_at)
+                self.away_log.append((round(self.lost_at - self.run.started, 2), round(self.away_s[-1], 2), self.retries))
+                self.retries = []
                 self.lost_at = None
             try:
                 while True:
@@ -775,6 +797,8 @@ class Chaos:
         masters = [s.master for s in self.sessions]
         slaves = [slave for s in self.sessions for slave in s.slaves]
         away = [round(a, 3) for client in masters + slaves for a in client.away_s]
+        longest = sorted(((entry, client.name) for client in masters + slaves for entry in client.away_log),
+                         key=lambda item: -item[0][1])[:5]
         return {
             "ok": not self.run.failures,
             "failures": list(self.run.failures),
@@ -800,7 +824,9 @@ class Chaos:
             # Every reconnect, also of sessions whose host lived (their connection went through a
             # node that was killed): how long clients were away.
             "away_s": {"p50": percentile(away, 0.5), "p90": percentile(away, 0.9), "max": max(away) if away else None,
-                       "samples": len(away)},
+                       "samples": len(away),
+                       "longest": [{"client": name, "lost_at_s": entry[0], "away_s": entry[1], "attempts": entry[2]}
+                                   for entry, name in longest]},
             "master_connects": sum(m.connects for m in masters),
             "slave_connects": sum(slave.connects for slave in slaves),
             "per_kill": kills,
