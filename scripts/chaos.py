@@ -29,9 +29,11 @@ with the details and the node logs.  tests/integration/test_chaos.py runs a shor
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import math
+import re
 import random
 import shutil
 import subprocess
@@ -760,6 +762,12 @@ class Chaos:
                 for line in crashes:
                     self.run.fail(f"node log: {line}")
                 summary = self.summary()
+                # nginx's own reasons for its 502s (e.g. "no live upstreams"), counted.
+                reasons = collections.Counter(
+                    re.sub(r"^\S+ \S+ \[\w+\] \d+#\d+: \*\d+ ", "", line).split(", client:")[0]
+                    + " (upstream " + (re.findall(r'upstream: "([^"]+)"', line) or re.findall(r'upstream: (\S+)', line) or ["?"])[0].split("/cobrowse")[0] + ")"
+                    for line in nginx.error_log().splitlines() if "[error]" in line)
+                summary["nginx_errors"] = dict(reasons.most_common(8))
                 if self.run.failures:
                     summary["node_logs"] = cluster.logs()
                     summary["nginx_error_log"] = nginx.error_log()[-4000:]
