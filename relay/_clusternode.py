@@ -381,7 +381,9 @@ class ClusterNode:
             async with lock:
                 return await self._locate(session_id, forwarded)
         finally:
-            if not lock.statistics().tasks_waiting:
+            # Released to a waiter, the lock is held again at once: only a lock that nobody holds or
+            # waits for may go, or a newcomer would make a second one and locate beside the holder.
+            if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._locks.pop(session_id, None)
 
     def _unavailable(self, message: str) -> HTTPError:
@@ -470,6 +472,9 @@ class ClusterNode:
             log_event(log, logging.ERROR, "cluster.record_unreadable", session=session_id, detail=str(exc))
             raise HTTPError(404, "unknown-session", "the session's record cannot be read") from None
         self._claimed.pop(session_id, None)
+        existing = self.host.get(session_id)
+        if existing is not None:  # (never with the lock above; a second Session would orphan clients)
+            return existing
         self.host.add(session)
         self.adopt(session, loaded=bool(session.history))
         self.metrics.failovers.inc()
