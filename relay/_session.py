@@ -151,9 +151,6 @@ class Outgoing:
         self.count = 0
         self.number = 0
 
-    def is_from_master(self) -> bool:
-        return self.tail == MASTER_TAIL
-
     def envelope(self) -> tuple:
         return (memoryview(self.head)[self.ws_header_length:], self.body, self.tail)
 
@@ -349,12 +346,6 @@ class Session:
         # A slave away for longer than LINEAGE_EPOCHS takeovers resyncs: the record stays small.
         self.lineage = {e: lineage[e] for e in sorted(lineage)[-LINEAGE_EPOCHS:]}
         self._open_lineage = any(entry[1] is None for entry in self.lineage.values())
-
-    def stream_state(self) -> "StreamState":
-        """What the failover copy keeps of the stream now (the messages are the history's own)."""
-        return StreamState(seq=self.seq, base_count=self.history_base_count, held=self.held,
-                           chat=self.chat_only, writer_epoch=self.epoch, lineage=dict(self.lineage),
-                           messages=self.history)
 
     def slave_slots_used(self) -> int:
         """Slaves that hold a place: connected, or joined / gone less than the grace ago (they may

@@ -97,10 +97,7 @@ def stream_from_copy(meta: dict, items: list) -> Optional[StreamState]:
                            lineage={int(e): [int(v[0]), None if v[1] is None else int(v[1])]
                                     for e, v in dict(meta.get("lineage", {})).items()},
                            messages=messages)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        log_event(log, logging.WARNING, "copy.unreadable", detail=repr(exc))
-        return None
-    except Exception as exc:  # EnvelopeError: a corrupt item
+    except Exception as exc:  # a malformed meta, or a corrupt item (EnvelopeError)
         log_event(log, logging.WARNING, "copy.unreadable", detail=repr(exc))
         return None
 
