@@ -192,7 +192,16 @@ class Run:
         return self.rng.randbytes(size)
 
 
-class Master:
+class Reconnecting:
+    """What masters and slaves share: why their reconnect attempts failed (``self.retries``)."""
+
+    def _retried(self, exc) -> None:
+        """Why a reconnect attempt failed (the longest absences are printed with their reasons)."""
+        if len(self.retries) < 50:
+            self.retries.append((round(time.monotonic() - self.run.started, 2), str(exc)[:120]))
+
+
+class Master(Reconnecting):
     """A session's master: numbered messages with a ResendWindow, reconnecting through nginx."""
 
     def __init__(self, run: Run, browser: Browser, name: str) -> None:
@@ -224,11 +233,6 @@ class Master:
         self.retries: list = []
         self.snapshots_resent_bytes = 0
         self.next_snapshot_at = math.inf
-
-    def _retried(self, exc) -> None:
-        """Why a reconnect attempt failed (the longest absences are printed with their reasons)."""
-        if len(self.retries) < 50:
-            self.retries.append((round(time.monotonic() - self.run.started, 2), str(exc)[:120]))
 
     def session_id(self) -> str:
         return self.session
@@ -369,7 +373,7 @@ async def _first_of(*waits) -> None:
             nursery.start_soon(one, wait)
 
 
-class Slave:
+class Slave(Reconnecting):
     """A slave with resume=: its page's digest, and every check of what it receives."""
 
     def __init__(self, run: Run, browser: Browser, master: Master, name: str) -> None:
@@ -400,11 +404,6 @@ class Slave:
         self.first_new_message_s: Optional[float] = None
         self.trace: deque = deque(maxlen=TRACE_LENGTH)  # what it received last, for a failure's details
         self.asked: dict = {}  # the resume parameters of the latest connect (after, epoch, master_count)
-
-    def _retried(self, exc) -> None:
-        """Why a reconnect attempt failed (the longest absences are printed with their reasons)."""
-        if len(self.retries) < 50:
-            self.retries.append((round(time.monotonic() - self.run.started, 2), str(exc)[:120]))
 
     def session_id(self) -> str:
         return self.master.session
